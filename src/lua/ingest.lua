@@ -1,0 +1,269 @@
+-- ingest.lua - record one contact: customer, conversation, log, timelines.
+--
+-- The one write path of the contact log (see store.h, sb_contact_ingest).
+-- Everything is validated and read before the first write, so an error
+-- leaves Redis untouched, and the script as a whole is atomic. Keys are
+-- computed from the prefix (ARGV[1]): standalone Redis only, not Cluster.
+--
+-- ARGV: 1 prefix, 2 dedupe window (s), 3 channel, 4 direction, 5 type,
+--   6 customer id, 7 name hint, 8 locale hint, 9 conversation
+--   ("" continue-or-open, "none", "new", "cv_<n>"), 10 subject, 11 text,
+--   12 source id, 13 provider id, 14 agent, 15 fields (JSON object or ""),
+--   16 ts (ms, "0" = now), 17 identity count n, then n pairs type, value.
+-- "" means absent throughout.
+-- Returns {contact id, customer id, conversation id or "", duplicate,
+--   new customer, new conversation, merge proposed}.
+-- Errors: "INVALID ...", "NOTFOUND ...", "CONFLICT ...".
+
+local P = ARGV[1]
+local MAX_HOPS = 8
+
+local function fail(kind, msg)
+    error({sb = kind .. ' ' .. msg}, 0)
+end
+
+local function check_str(name, v, maxlen, required)
+    if required and v == '' then fail('INVALID', name .. ' is required') end
+    if #v > maxlen then fail('INVALID', name .. ' too long') end
+    return v
+end
+
+local function now_ms()
+    local t = redis.call('TIME')
+    return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Follow merged_into from a customer id: the surviving id, or nil when the
+-- customer does not exist (or the chain is longer than MAX_HOPS).
+local function resolve(id)
+    for _ = 1, MAX_HOPS do
+        local v = redis.call('HMGET', P .. 'cust:' .. id, 'id', 'merged_into')
+        if not v[1] then return nil end
+        if not v[2] or v[2] == '' then return id end
+        id = v[2]
+    end
+    return nil
+end
+
+-- "1700000000000-5" -> "1700000000000005": ms * 1000 + seq (seq clamped to
+-- 999), built as a string so no float formatting loses digits.
+local function tl_score(id)
+    local ms, seq = string.match(id, '^(%d+)%-(%d+)$')
+    local s = tonumber(seq)
+    if s > 999 then s = 999 end
+    return ms .. string.format('%03d', s)
+end
+
+local function proposal_json(a, b, ident, at)
+    return '{"a":' .. cjson.encode(a) .. ',"b":' .. cjson.encode(b) ..
+        ',"identity":' .. cjson.encode(ident) .. ',"at":' .. at .. '}'
+end
+
+-- Record that identity `ident`, owned by `b`, arrived with customer `a`;
+-- once per (a, b, identity).
+local function propose(a, b, ident, at)
+    local set = P .. 'cust:' .. a .. ':proposals'
+    for _, m in ipairs(redis.call('SMEMBERS', set)) do
+        local ok, p = pcall(cjson.decode, m)
+        if ok and type(p) == 'table' and p.identity == ident and
+            ((p.a == a and p.b == b) or (p.a == b and p.b == a)) then
+            return
+        end
+    end
+    local m = proposal_json(a, b, ident, at)
+    redis.call('ZADD', P .. 'merge:proposals', at, m)
+    redis.call('SADD', set, m)
+    redis.call('SADD', P .. 'cust:' .. b .. ':proposals', m)
+end
+
+local IDENT_TYPES = { email = true, phone = true, chat = true }
+local DIRECTIONS = { ['in'] = true, out = true, internal = true }
+
+local function main()
+    if P == nil or P == '' then fail('INVALID', 'prefix is required') end
+    local window = tonumber(ARGV[2])
+    if not window or window < 1 then fail('INVALID', 'dedupe window') end
+    local channel = ARGV[3]
+    if not string.match(channel, '^[a-z][a-z0-9_-]*$') or #channel > 32 then
+        fail('INVALID', 'channel must match [a-z][a-z0-9_-]{0,31}')
+    end
+    local direction = ARGV[4]
+    if not DIRECTIONS[direction] then
+        fail('INVALID', 'direction must be in, out or internal')
+    end
+    local ctype = ARGV[5]
+    if not string.match(ctype, '^[a-z][a-z0-9_]*$') or #ctype > 32 then
+        fail('INVALID', 'type must match [a-z][a-z0-9_]{0,31}')
+    end
+    local cust_arg = ARGV[6]
+    if cust_arg ~= '' and not string.match(cust_arg, '^cu_%d+$') then
+        fail('NOTFOUND', 'no such customer')
+    end
+    local name = check_str('name', ARGV[7], 256)
+    local locale = check_str('locale', ARGV[8], 16)
+    local conv_arg = ARGV[9]
+    if conv_arg ~= '' and conv_arg ~= 'none' and conv_arg ~= 'new' and
+        not string.match(conv_arg, '^cv_%d+$') then
+        fail('NOTFOUND', 'no such conversation')
+    end
+    local subject = check_str('subject', ARGV[10], 8192)
+    local text = check_str('text', ARGV[11], 8 * 1024 * 1024)
+    local source_id = check_str('source_id', ARGV[12], 1024)
+    local provider_id = check_str('provider_id', ARGV[13], 1024)
+    local agent = check_str('agent', ARGV[14], 128)
+    local fields = ARGV[15]
+    if fields == '' then
+        fields = '{}'
+    else
+        check_str('fields', fields, 65536)
+        local ok, f = pcall(cjson.decode, fields)
+        if not ok or type(f) ~= 'table' or
+            not string.match(fields, '^%s*{') then
+            fail('INVALID', 'fields must be a JSON object')
+        end
+    end
+    if not string.match(ARGV[16], '^%d+$') or #ARGV[16] > 15 then
+        fail('INVALID', 'ts must be milliseconds')
+    end
+    local nids = tonumber(ARGV[17])
+    if not nids or nids < 0 or nids > 8 or #ARGV ~= 17 + 2 * nids then
+        fail('INVALID', 'identity count')
+    end
+    local idents = {}
+    for i = 1, nids do
+        local t, v = ARGV[16 + 2 * i], ARGV[17 + 2 * i]
+        if not IDENT_TYPES[t] then
+            fail('INVALID', 'identity type must be email, phone or chat')
+        end
+        if v == '' or #v > 512 then fail('INVALID', 'identity value') end
+        idents[i] = t .. ':' .. v
+    end
+
+    -- Idempotency: a known (channel, source id) returns what it made.
+    local srckey
+    if source_id ~= '' then
+        srckey = P .. 'src:' .. redis.sha1hex(channel .. ':' .. source_id)
+        local cid = redis.call('GET', srckey)
+        if cid then
+            local e = redis.call('XRANGE', P .. 'log', cid, cid)
+            local cu, cv = '', ''
+            if e[1] then
+                local f = e[1][2]
+                for i = 1, #f, 2 do
+                    if f[i] == 'customer' then cu = f[i + 1] end
+                    if f[i] == 'conversation' then cv = f[i + 1] end
+                end
+            end
+            local r = resolve(cu)
+            if r then cu = r end
+            return { cid, cu, cv, 1, 0, 0, 0 }
+        end
+    end
+
+    -- Who is it? Only reads until every check has passed.
+    local cust
+    if cust_arg ~= '' then
+        cust = resolve(cust_arg)
+        if not cust then fail('NOTFOUND', 'no such customer') end
+    end
+    local owners = {}
+    for i = 1, nids do
+        local o = redis.call('HGET', P .. 'identity', idents[i])
+        if o then o = resolve(o) end
+        owners[i] = o or false
+        if not cust and o then cust = o end
+    end
+    local conv
+    if string.match(conv_arg, '^cv_') then
+        local c = redis.call('HGET', P .. 'conv:' .. conv_arg, 'customer')
+        if not c then fail('NOTFOUND', 'no such conversation') end
+        c = resolve(c) or c
+        if not cust then cust = c end
+        if c ~= cust then
+            fail('CONFLICT', 'conversation belongs to another customer')
+        end
+        conv = conv_arg
+    end
+    if not cust and nids == 0 then
+        fail('INVALID', 'no customer, identity or conversation given')
+    end
+
+    -- Writes from here on.
+    local now = now_ms()
+    local ts = ARGV[16]
+    if ts == '0' then ts = string.format('%d', now) end
+    local new_customer, new_conv, proposed = 0, 0, 0
+
+    if not cust then
+        cust = 'cu_' .. redis.call('INCR', P .. 'seq:customer')
+        redis.call('HSET', P .. 'cust:' .. cust, 'id', cust, 'name', name,
+            'locale', locale, 'timezone', '', 'tier', '', 'tags', '[]',
+            'curator', '', 'prefs', '{"order":[],"opt_out":{}}',
+            'created', now, 'updated', now)
+        new_customer = 1
+    end
+    local attached = false
+    for i = 1, nids do
+        local o = owners[i]
+        if not o then
+            if redis.call('HSETNX', P .. 'identity', idents[i], cust) == 1 then
+                redis.call('SADD', P .. 'cust:' .. cust .. ':ids', idents[i])
+                attached = true
+            end
+        elseif o ~= cust then
+            propose(cust, o, idents[i], now)
+            proposed = 1
+        end
+    end
+    if attached and new_customer == 0 then
+        redis.call('HSET', P .. 'cust:' .. cust, 'updated', now)
+    end
+
+    if conv_arg == '' then
+        local open = redis.call('HGET', P .. 'cust:' .. cust .. ':open',
+            channel)
+        if open then
+            local st = redis.call('HGET', P .. 'conv:' .. open, 'state')
+            if st and st ~= 'resolved' then conv = open end
+        end
+    end
+    if not conv and conv_arg ~= 'none' then
+        conv = 'cv_' .. redis.call('INCR', P .. 'seq:conversation')
+        redis.call('HSET', P .. 'conv:' .. conv, 'id', conv, 'customer', cust,
+            'channel', channel, 'state', 'new', 'queue', '', 'agent', '',
+            'subject', subject, 'created', now, 'first_response', '',
+            'resolved', '', 'updated', now)
+        redis.call('ZADD', P .. 'cust:' .. cust .. ':convs', now, conv)
+        redis.call('HSET', P .. 'cust:' .. cust .. ':open', channel, conv)
+        new_conv = 1
+    end
+
+    local cid = redis.call('XADD', P .. 'log', '*', 'type', ctype,
+        'channel', channel, 'direction', direction, 'customer', cust,
+        'conversation', conv or '', 'subject', subject, 'text', text,
+        'source_id', source_id, 'provider_id', provider_id, 'agent', agent,
+        'fields', fields, 'ts', ts)
+    local score = tl_score(cid)
+    redis.call('ZADD', P .. 'cust:' .. cust .. ':tl', score, cid)
+    if conv then
+        redis.call('ZADD', P .. 'conv:' .. conv .. ':tl', score, cid)
+        redis.call('HSET', P .. 'conv:' .. conv, 'updated', now)
+        if direction == 'out' and ctype == 'message' then
+            local fr = redis.call('HGET', P .. 'conv:' .. conv,
+                'first_response')
+            if not fr or fr == '' then
+                redis.call('HSET', P .. 'conv:' .. conv, 'first_response', now)
+            end
+        end
+    end
+    if srckey then
+        redis.call('SET', srckey, cid, 'EX', window)
+    end
+    redis.call('INCR', P .. 'stats:contacts:' .. channel)
+    return { cid, cust, conv or '', 0, new_customer, new_conv, proposed }
+end
+
+local ok, res = pcall(main)
+if ok then return res end
+if type(res) == 'table' and res.sb then return redis.error_reply(res.sb) end
+error(res, 0)
