@@ -18,6 +18,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "normalize.h"
+#include "static.h"
 #include "store.h"
 
 #define API_PLACE "core.api"
@@ -602,6 +603,9 @@ static const struct sb_route routes[] = {
     {SB_GET | SB_HEAD, "/healthz", h_healthz, SB_ACCESS_PUBLIC, NULL},
     {SB_GET | SB_HEAD, "/readyz", h_readyz, SB_ACCESS_PUBLIC, NULL},
     {SB_GET, "/metrics", h_metrics, SB_ACCESS_PUBLIC, NULL},
+    {SB_GET | SB_HEAD, "/", sb_static_serve, SB_ACCESS_PUBLIC, "static"},
+    {SB_GET | SB_HEAD, "/static/{}", sb_static_serve, SB_ACCESS_PUBLIC,
+     "static"},
     {SB_POST, "/api/v1/login", sb_auth_login, SB_ACCESS_PUBLIC, NULL},
     {SB_POST, "/api/v1/logout", sb_auth_logout, SB_ACCESS_ANY, NULL},
     {SB_GET, "/api/v1/me", sb_auth_me, SB_ACCESS_ANY, NULL},

@@ -23,6 +23,10 @@
 
 #define HTTP_PLACE "core.http"
 
+#ifndef SB_WWW_DIR
+#define SB_WWW_DIR "/usr/local/share/switchboard/www"
+#endif
+
 static const struct sb_conf_key http_keys[] = {
     {"max_body", SB_CONF_SIZE, offsetof(struct sb_http_conf, max_body), "1M",
      64, 64LL << 20, NULL, SB_CONF_RELOAD,
@@ -36,6 +40,9 @@ static const struct sb_conf_key http_keys[] = {
     {"max_connections", SB_CONF_INT,
      offsetof(struct sb_http_conf, max_connections), "10000", 16, 1000000,
      NULL, 0, "file descriptors reserved for client connections"},
+    {"www_dir", SB_CONF_STR, offsetof(struct sb_http_conf, www_dir),
+     SB_WWW_DIR, 0, 4096, NULL, SB_CONF_RELOAD,
+     "directory of the browser pages (read at start and on SIGHUP)"},
     {NULL, 0, 0, NULL, 0, 0, NULL, 0, NULL},
 };
 

@@ -86,6 +86,7 @@ struct sb_http_conf {
     char *public_url;
     long long keepalive_timeout;
     long long max_connections;
+    char *www_dir;
 };
 
 struct sb_listener_conf {

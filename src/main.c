@@ -30,6 +30,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "redis.h"
+#include "static.h"
 #include "store.h"
 #include "worker.h"
 
@@ -150,6 +151,8 @@ static void apply_config(const struct sb_config *c)
     const struct sb_core_conf *cc = sb_config_get(c, "core");
 
     sb_log_level = sb_core_log_level(cc);
+    sb_static_load(((const struct sb_http_conf *)sb_config_get(c, "http"))
+                       ->www_dir);
     sb_http_reconfigure(c);
     sb_redis_reconfigure(M.redis, sb_config_get(c, "redis"));
     sb_auth_config(c);
@@ -362,6 +365,7 @@ int main(int argc, char **argv)
     sb_log_level = sb_core_log_level(sb_config_get(M.conf, "core"));
     r = run();
     sb_config_free(M.conf);
+    sb_static_free();
     sb_metrics_free();
     return r;
 }
