@@ -46,6 +46,7 @@
 
 #include "log.h"
 #include "lua_scripts.h"
+#include "metrics.h"
 #include "util.h"
 
 #define PLACE "core.redis"
@@ -142,6 +143,7 @@ struct sb_redis_cmd {
     sb_redis_cb *cb;
     void *arg;
     uint64_t deadline;  /* loop time (ms) */
+    uint64_t t0;        /* uv_hrtime() when sent, for the latency metric */
     const char *reason; /* why it failed without reply, when not generic */
     enum cmd_kind kind;
     int step;        /* HANDSHAKE: step; SCRIPT: script index */
@@ -183,6 +185,26 @@ struct sb_redis {
 };
 
 static void start_connect(struct sb_redis *r);
+
+/* Shared by every connection; registered with the first one. */
+static struct sb_metric *m_roundtrip, *m_errors;
+
+static void metrics_register(void)
+{
+    static const double buckets[] = {0.0001, 0.00025, 0.0005, 0.001,
+                                     0.0025, 0.005,   0.01,   0.025,
+                                     0.05,   0.1,     0.25,   1};
+
+    if (m_roundtrip)
+        return;
+    m_roundtrip = sb_metric_histogram(
+        "sb_redis_roundtrip_seconds",
+        "Time from sending a Redis command to its reply", "conn", buckets,
+        sizeof(buckets) / sizeof(buckets[0]));
+    m_errors = sb_metric_counter("sb_redis_errors_total",
+                                 "Redis commands that failed, by cause",
+                                 "conn,cause");
+}
 static void on_reply(redisAsyncContext *ac, void *reply, void *privdata);
 
 /* ---- small helpers ----------------------------------------------------- */
@@ -256,6 +278,7 @@ static void fifo_push(struct sb_redis *r, struct sb_redis_cmd *c)
     uint64_t now = uv_now(r->loop);
 
     c->deadline = now + (uint64_t)r->conf.command_timeout;
+    c->t0 = uv_hrtime();
     c->next = NULL;
     c->prev = r->tail;
     if (r->tail)
@@ -694,6 +717,14 @@ static void on_reply(redisAsyncContext *ac, void *reply_, void *privdata)
             return;
         err = reply->str;
     }
+    if (!reply)
+        sb_metric_add(m_errors, 1, r->name,
+                      c->reason ? c->reason : "disconnected");
+    else if (reply->type == REDIS_REPLY_ERROR)
+        sb_metric_add(m_errors, 1, r->name, "reply");
+    else
+        sb_metric_observe(m_roundtrip, (double)(uv_hrtime() - c->t0) / 1e9,
+                          r->name);
     c->cb(reply, err, c->arg);
     free(c);
 }
@@ -755,6 +786,7 @@ struct sb_redis *sb_redis_new(uv_loop_t *loop, const struct sb_redis_conf *conf,
     struct sb_redis *r = sb_calloc(1, sizeof(*r));
     size_t n = 0;
 
+    metrics_register();
     r->loop = loop;
     r->name = sb_strdup(name ? name : "redis");
     r->conf.host = dup_or(conf->host, DEF_HOST);
