@@ -582,9 +582,25 @@ static void h_customer_merge(struct sb_http_req *req)
     json_decref(j);
 }
 
+static void on_proposals(enum sb_store_status st, json_t *result,
+                         const char *err, void *arg)
+{
+    struct sb_http_req *req = arg;
+    json_t *j;
+
+    if (st != SB_STORE_OK) {
+        store_fail(req, st, err, "no such customer");
+        json_decref(result);
+        return;
+    }
+    j = json_pack("{s:o}", "proposals", result);
+    sb_http_respond_json(req, 200, j);
+    json_decref(j);
+}
+
 static void h_merge_proposals(struct sb_http_req *req)
 {
-    if (sb_merge_proposals(req->params[0], on_json_result, req) < 0)
+    if (sb_merge_proposals(req->params[0], on_proposals, req) < 0)
         unavailable(req);
 }
 

@@ -2,7 +2,7 @@
  *
  * Session tokens are 32 random bytes in unpadded base64url (43 chars); only
  * their SHA-256 (hex) is stored. API keys look like "sb_<id>_<secret>": the
- * id (1..32 of [a-z0-9]) names the key in config, the secret (32+ chars of
+ * id (1..32 of [a-z0-9]) names the key in config, the secret (43 chars of
  * base64url) is never stored — config holds sb_apikey_hash() of the whole
  * key, a keyed BLAKE2b (crypto_generichash with a fixed application key) in
  * hex. Passwords are argon2id strings from crypto_pwhash_str (INTERACTIVE

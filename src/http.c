@@ -81,6 +81,11 @@ const struct sb_conf_section sb_listener_conf_section = {
     listener_check,
 };
 
+/* Response buffers keep room for the headers in front of the body, and
+ * lws' own LWS_PRE in front of that. */
+#define RESP_HEADROOM 2048
+#define RESP_BODY (LWS_PRE + RESP_HEADROOM)
+
 struct http_pss {
     struct sb_http_req *req;
 };
@@ -93,8 +98,14 @@ static struct {
     int draining;
     size_t inflight;
     uint64_t next_id;
+    char *kept[128]; /* strings handed to lws, freed in sb_http_free */
+    size_t nkept;
+    int cb_depth;          /* inside on_http for cb_wsi */
+    struct lws *cb_wsi;
     struct sb_metric *m_requests, *m_duration, *m_too_big;
 } H;
+
+static int write_response(struct lws *wsi, struct http_pss *pss);
 
 /* ---- requests ---------------------------------------------------------- */
 
@@ -324,9 +335,9 @@ void sb_http_respond(struct sb_http_req *req, int status, const char *ctype,
     req->responded = 1;
     req->status = status;
     req->resp_ctype = ctype ? ctype : "application/json";
-    req->resp = sb_malloc(LWS_PRE + len + 1);
+    req->resp = sb_malloc(RESP_BODY + len + 1);
     if (len)
-        memcpy(req->resp + LWS_PRE, body, len);
+        memcpy(req->resp + RESP_BODY, body, len);
     req->resp_len = len;
     if (req->dispatched && H.inflight > 0)
         H.inflight--;
@@ -345,10 +356,25 @@ void sb_http_respond(struct sb_http_req *req, int status, const char *ctype,
         SB_WARN(HTTP_PLACE, "server error status=%d path=%s", status,
                 req->route ? req->route->pattern : "-");
 
-    if (req->wsi)
-        lws_callback_on_writable(req->wsi);
-    else
+    if (!req->wsi) {
         req_free(req);
+        return;
+    }
+    /* Inside this connection's own callback: it writes on its way out. */
+    if (H.cb_depth && H.cb_wsi == req->wsi)
+        return;
+    /* From outside lws (a Redis reply, a worker result) write at once when
+     * the socket can take it: waiting for WRITEABLE would cost two
+     * epoll_ctl calls and a loop pass per request. lws is single-threaded
+     * on our loop, so this cannot race it. */
+    if (!H.cb_depth && !lws_send_pipe_choked(req->wsi)) {
+        struct lws *wsi = req->wsi;
+        if (write_response(wsi, lws_wsi_user(wsi)) < 0)
+            lws_set_timeout(wsi, PENDING_TIMEOUT_CLOSE_SEND,
+                            LWS_TO_KILL_ASYNC);
+        return;
+    }
+    lws_callback_on_writable(req->wsi);
 }
 
 void sb_http_respond_json(struct sb_http_req *req, int status,
@@ -377,8 +403,18 @@ void sb_http_respond_error(struct sb_http_req *req, int status,
     sb_buf_free(&b);
 }
 
-/* Write headers and body of a finished request. Returns what the lws
- * callback should return. */
+static int add_hdr(struct lws *wsi, const char *name, const char *value,
+                   unsigned char **p, unsigned char *end)
+{
+    return lws_add_http_header_by_name(wsi, (const unsigned char *)name,
+                                       (const unsigned char *)value,
+                                       (int)strlen(value), p, end);
+}
+
+/* Write headers and body of a finished request in one send (h1 only: the
+ * vhosts advertise no h2, see sb_http_start). Returns what an lws callback
+ * should return: 0 to keep the connection for the next request, -1 to close
+ * it. */
 static int write_response(struct lws *wsi, struct http_pss *pss)
 {
     struct sb_http_req *req = pss->req;
@@ -386,26 +422,19 @@ static int write_response(struct lws *wsi, struct http_pss *pss)
     unsigned char *start = hbuf + LWS_PRE, *p = start;
     unsigned char *end = hbuf + sizeof(hbuf) - 1;
     int head = req->method == SB_HEAD, close_after = req->close_after;
-    char *h, *v;
+    size_t body_len = head ? 0 : req->resp_len, hlen;
+    char num[24], *h, *v;
+    int r = -1;
 
-    if (lws_add_http_common_headers(wsi, (unsigned)req->status,
-                                    req->resp_ctype, req->resp_len, &p, end))
-        goto fail;
-    if (lws_add_http_header_by_name(
-            wsi, (const unsigned char *)"x-content-type-options:",
-            (const unsigned char *)"nosniff", 7, &p, end))
-        goto fail;
-    if (lws_add_http_header_by_name(wsi,
-                                    (const unsigned char *)"cache-control:",
-                                    (const unsigned char *)"no-store", 8, &p,
-                                    end))
-        goto fail;
-    if (close_after &&
-        lws_add_http_header_by_name(wsi,
-                                    (const unsigned char *)"connection:",
-                                    (const unsigned char *)"close", 5, &p,
-                                    end))
-        goto fail;
+    pss->req = NULL;
+    snprintf(num, sizeof(num), "%zu", req->resp_len);
+    if (lws_add_http_header_status(wsi, (unsigned)req->status, &p, end) ||
+        add_hdr(wsi, "content-type:", req->resp_ctype, &p, end) ||
+        add_hdr(wsi, "content-length:", num, &p, end) ||
+        add_hdr(wsi, "x-content-type-options:", "nosniff", &p, end) ||
+        add_hdr(wsi, "cache-control:", "no-store", &p, end) ||
+        (close_after && add_hdr(wsi, "connection:", "close", &p, end)))
+        goto out;
     /* Extra headers are stored as "name\nvalue\n" pairs. */
     for (h = req->resp_hdrs.data; h && *h; h = v + strlen(v) + 1) {
         char name[96];
@@ -415,35 +444,40 @@ static int write_response(struct lws *wsi, struct http_pss *pss)
             break;
         nl = (size_t)(v - h);
         if (nl + 2 > sizeof(name))
-            goto fail;
+            goto out;
         memcpy(name, h, nl);
         name[nl] = ':';
         name[nl + 1] = '\0';
         v++;
-        {
-            char *e = strchr(v, '\n');
-            *e = '\0';
-            if (lws_add_http_header_by_name(wsi, (unsigned char *)name,
-                                            (unsigned char *)v,
-                                            (int)strlen(v), &p, end))
-                goto fail;
-        }
+        *strchr(v, '\n') = '\0';
+        if (add_hdr(wsi, name, v, &p, end))
+            goto out;
     }
-    if (lws_finalize_write_http_header(wsi, start, &p, end))
-        goto fail;
-    if (req->resp_len && !head &&
-        lws_write(wsi, (unsigned char *)req->resp + LWS_PRE, req->resp_len,
-                  LWS_WRITE_HTTP_FINAL) != (int)req->resp_len)
-        goto fail;
-    pss->req = NULL;
+    if (lws_finalize_http_header(wsi, &p, end))
+        goto out;
+    hlen = (size_t)(p - start);
+    /* The body sits behind RESP_HEADROOM spare bytes (sb_http_respond):
+     * put the headers right before it so one send carries both. */
+    if (hlen <= RESP_HEADROOM) {
+        unsigned char *body = (unsigned char *)req->resp + RESP_BODY;
+        memcpy(body - hlen, start, hlen);
+        if (lws_write(wsi, body - hlen, hlen + body_len,
+                      LWS_WRITE_HTTP_HEADERS) != (int)(hlen + body_len))
+            goto out;
+    } else {
+        if (lws_write(wsi, start, hlen, LWS_WRITE_HTTP_HEADERS) != (int)hlen)
+            goto out;
+        if (body_len &&
+            lws_write(wsi, (unsigned char *)req->resp + RESP_BODY, body_len,
+                      LWS_WRITE_HTTP_HEADERS) != (int)body_len)
+            goto out;
+    }
+    r = close_after ? -1 : 0;
+out:
     req_free(req);
-    if (close_after)
+    if (r < 0)
         return -1;
     return lws_http_transaction_completed(wsi) ? -1 : 0;
-fail:
-    pss->req = NULL;
-    req_free(req);
-    return -1;
 }
 
 /* ---- the lws protocol callback ----------------------------------------- */
@@ -513,8 +547,8 @@ static int on_http_request(struct lws *wsi, struct http_pss *pss)
     return 0;
 }
 
-static int on_http(struct lws *wsi, enum lws_callback_reasons reason,
-                   void *user, void *in, size_t len)
+static int on_http_cb(struct lws *wsi, enum lws_callback_reasons reason,
+                      void *user, void *in, size_t len)
 {
     struct http_pss *pss = user;
 
@@ -550,6 +584,30 @@ static int on_http(struct lws *wsi, enum lws_callback_reasons reason,
     return lws_callback_http_dummy(wsi, reason, user, in, len);
 }
 
+/* Track that we are inside lws' callback for wsi, so a handler answering
+ * synchronously leaves the write to the callback's way out. */
+static int on_http(struct lws *wsi, enum lws_callback_reasons reason,
+                   void *user, void *in, size_t len)
+{
+    struct http_pss *pss = user;
+    struct lws *outer = H.cb_wsi;
+    int r;
+
+    H.cb_depth++;
+    H.cb_wsi = wsi;
+    r = on_http_cb(wsi, reason, user, in, len);
+    H.cb_depth--;
+    H.cb_wsi = outer;
+    /* Only these reasons carry our per-session data and allow writes. */
+    if (r == 0 &&
+        (reason == LWS_CALLBACK_HTTP ||
+         reason == LWS_CALLBACK_HTTP_BODY_COMPLETION ||
+         reason == LWS_CALLBACK_HTTP_BODY) &&
+        pss && pss->req && pss->req->responded)
+        r = write_response(wsi, pss);
+    return r;
+}
+
 static const struct lws_protocols protocols[] = {
     {"http", on_http, sizeof(struct http_pss), 0, 0, NULL, 0},
     {NULL, NULL, 0, 0, 0, NULL, 0},
@@ -568,6 +626,14 @@ static void on_lws_log(int level, const char *line)
         safe[--n] = '\0';
     /* lws' own errors are about single connections: a warning for us. */
     SB_WARN("core.lws", "level=%d msg=\"%s\"", level, safe);
+}
+
+static const char *keep(const char *s)
+{
+    char *k = sb_strdup(s ? s : "");
+
+    H.kept[H.nkept++] = k;
+    return k;
 }
 
 static void apply_conf(const struct sb_config *conf)
@@ -617,8 +683,9 @@ int sb_http_start(uv_loop_t *loop, const struct sb_config *conf,
                            "libwebsockets-evlib-uv installed?)");
         return -1;
     }
-    if (n == 0) {
-        SB_ERR(HTTP_PLACE, "no [listener] configured");
+    if (n == 0 || n > SB_ARRAY_LEN(H.kept) / 4) {
+        SB_ERR(HTTP_PLACE, "configure 1 to %zu [listener] sections",
+               SB_ARRAY_LEN(H.kept) / 4);
         return -1;
     }
     for (size_t i = 0; i < n; i++) {
@@ -630,18 +697,21 @@ int sb_http_start(uv_loop_t *loop, const struct sb_config *conf,
         int tls = l->tls_cert && *l->tls_cert;
 
         memset(&vi, 0, sizeof(vi));
-        vi.vhost_name = name;
+        /* lws keeps these pointers (the name is read on every request):
+         * our own copies, since the config is freed on reload. */
+        vi.vhost_name = keep(name);
         vi.port = (int)l->port;
-        vi.iface = l->address;
+        vi.iface = keep(l->address);
         vi.protocols = protocols;
         vi.keepalive_timeout = (int)(hc->keepalive_timeout / 1000);
         vi.timeout_secs = 30;
         vi.server_string = "switchboard";
+        vi.alpn = "http/1.1"; /* write_response speaks h1 only */
         vi.options = LWS_SERVER_OPTION_LIBUV |
                      LWS_SERVER_OPTION_UV_NO_SIGSEGV_SIGFPE_SPIN;
         if (tls) {
-            vi.ssl_cert_filepath = l->tls_cert;
-            vi.ssl_private_key_filepath = l->tls_key;
+            vi.ssl_cert_filepath = keep(l->tls_cert);
+            vi.ssl_private_key_filepath = keep(l->tls_key);
         }
         vh = lws_create_vhost(H.ctx, &vi);
         if (!vh) {
@@ -682,4 +752,7 @@ void sb_http_free(void)
     if (H.ctx)
         lws_context_destroy(H.ctx);
     H.ctx = NULL;
+    for (size_t i = 0; i < H.nkept; i++)
+        free(H.kept[i]);
+    H.nkept = 0;
 }

@@ -75,7 +75,7 @@ struct sb_http_req {
     uint64_t t_start_us;
     int too_big, dispatched, responded, close_after;
     int status;
-    char *resp;              /* LWS_PRE bytes of headroom, then the body */
+    char *resp;              /* headroom (see http.c), then the body */
     size_t resp_len;
     const char *resp_ctype;
     struct sb_buf resp_hdrs; /* extra "Name: value\r\n" headers */
