@@ -167,6 +167,8 @@ struct sb_redis {
     uv_timer_t connect_timer; /* guards connect + handshake */
     uv_timer_t retry_timer;   /* backoff before the next attempt */
     uv_timer_t cmd_timer;     /* armed for the FIFO head's deadline */
+    uv_check_t flush;         /* writes queued commands once per pass */
+    int flushing;
     int open_handles;
 
     struct sb_redis_cmd *head, *tail;
@@ -596,8 +598,33 @@ static void ev_del_read(void *privdata)
     poll_set(privdata, 0, UV_READABLE);
 }
 
+/* Commands are written at the end of the loop pass that queued them (a
+ * uv_check), not after a poll for writability: one write carries every
+ * command of the pass, and the request saves a loop pass and the epoll_ctl
+ * calls of turning UV_WRITABLE on and off. While connecting, and when the
+ * socket was full, writability is polled as hiredis expects. */
+static void on_flush(uv_check_t *h)
+{
+    struct sb_redis *r = h->data;
+
+    uv_check_stop(h);
+    if (!r->ac)
+        return;
+    r->flushing = 1;
+    redisAsyncHandleWrite(r->ac);
+    r->flushing = 0;
+}
+
 static void ev_add_write(void *privdata)
 {
+    redisLibuvEvents *p = privdata;
+    redisAsyncContext *ac = p->context;
+    struct sb_redis *r = ac ? ac->data : NULL;
+
+    if (r && r->ac == ac && !r->flushing && (ac->c.flags & REDIS_CONNECTED)) {
+        uv_check_start(&r->flush, on_flush);
+        return;
+    }
     poll_set(privdata, 1, UV_WRITABLE);
 }
 
@@ -813,8 +840,10 @@ struct sb_redis *sb_redis_new(uv_loop_t *loop, const struct sb_redis_conf *conf,
     uv_timer_init(loop, &r->connect_timer);
     uv_timer_init(loop, &r->retry_timer);
     uv_timer_init(loop, &r->cmd_timer);
+    uv_check_init(loop, &r->flush);
     r->connect_timer.data = r->retry_timer.data = r->cmd_timer.data = r;
-    r->open_handles = 3;
+    r->flush.data = r;
+    r->open_handles = 4;
 
     start_connect(r);
     return r;
@@ -1007,6 +1036,7 @@ void sb_redis_close(struct sb_redis *r)
     if (ac)
         redisAsyncFree(ac);
     uv_close((uv_handle_t *)&r->connect_timer, on_handle_closed);
+    uv_close((uv_handle_t *)&r->flush, on_handle_closed);
     uv_close((uv_handle_t *)&r->retry_timer, on_handle_closed);
     uv_close((uv_handle_t *)&r->cmd_timer, on_handle_closed);
 }
