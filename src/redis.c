@@ -814,6 +814,10 @@ struct sb_redis *sb_redis_new(uv_loop_t *loop, const struct sb_redis_conf *conf,
     size_t n = 0;
 
     metrics_register();
+    /* Every cause shows from the start, at 0, so alerts can rate() it. */
+    sb_metric_add(m_errors, 0, name ? name : "redis", "timeout");
+    sb_metric_add(m_errors, 0, name ? name : "redis", "disconnected");
+    sb_metric_add(m_errors, 0, name ? name : "redis", "reply");
     r->loop = loop;
     r->name = sb_strdup(name ? name : "redis");
     r->conf.host = dup_or(conf->host, DEF_HOST);
