@@ -8,7 +8,11 @@
  */
 #include "channel.h"
 
+#include <stdlib.h>
 #include <string.h>
+
+#include "log.h"
+#include "util.h"
 
 extern const struct sb_channel_ops sb_chan_file;
 
@@ -27,4 +31,53 @@ const struct sb_channel_ops *sb_channel_find_driver(const char *name)
         if (strcmp(sb_channel_drivers[i]->name, name) == 0)
             return sb_channel_drivers[i];
     return NULL;
+}
+
+/* ---- the running channels ---------------------------------------------- */
+
+static struct sb_channel *running[16];
+static size_t nrunning;
+
+int sb_channels_start(uv_loop_t *loop, const struct sb_config *conf)
+{
+    for (size_t i = 0; sb_channel_drivers[i]; i++) {
+        const struct sb_channel_ops *ops = sb_channel_drivers[i];
+        struct sb_channel *ch;
+
+        if (!ops->conf || !sb_config_present(conf, ops->conf->name))
+            continue;
+        if (nrunning == sizeof(running) / sizeof(running[0]))
+            return -1;
+        ch = sb_calloc(1, sizeof(*ch));
+        ch->ops = ops;
+        ch->name = sb_strdup(ops->name);
+        if (ops->start(ch, loop, sb_config_get(conf, ops->conf->name)) < 0) {
+            SB_ERR("core.channel", "driver failed to start driver=%s",
+                   ops->name);
+            free(ch->name);
+            free(ch);
+            return -1;
+        }
+        SB_NOTICE("core.channel", "started driver=%s", ops->name);
+        running[nrunning++] = ch;
+    }
+    return 0;
+}
+
+struct sb_channel *sb_channel_get(const char *name)
+{
+    for (size_t i = 0; i < nrunning; i++)
+        if (strcmp(running[i]->name, name) == 0)
+            return running[i];
+    return NULL;
+}
+
+void sb_channels_stop(void)
+{
+    for (size_t i = 0; i < nrunning; i++) {
+        running[i]->ops->stop(running[i]);
+        free(running[i]->name);
+        free(running[i]);
+    }
+    nrunning = 0;
 }

@@ -68,7 +68,7 @@ typedef void sb_send_done(struct sb_outmsg *msg,
 
 struct sb_channel_ops {
     const char *name;                       /* "email", "sms", "file" */
-    const struct sb_conf_section *conf;     /* its [channel NAME] table */
+    const struct sb_conf_section *conf;     /* its section, e.g. [file] */
     /* Create the driver's state from its config (borrowed for the call;
      * copy what is kept). 0 or -1. */
     int (*start)(struct sb_channel *ch, uv_loop_t *loop, const void *conf);
@@ -88,5 +88,14 @@ struct sb_channel {
 extern const struct sb_channel_ops *const sb_channel_drivers[];
 
 const struct sb_channel_ops *sb_channel_find_driver(const char *name);
+
+/* Start every compiled-in driver whose config section the file has (a
+ * driver without its section stays off). 0, or -1 when one failed (logged).
+ */
+int sb_channels_start(uv_loop_t *loop, const struct sb_config *conf);
+/* A started driver by name (borrowed), or NULL. */
+struct sb_channel *sb_channel_get(const char *name);
+/* Stop and free every started driver (each cancels its in-flight sends). */
+void sb_channels_stop(void);
 
 #endif

@@ -1109,6 +1109,19 @@ const void *sb_config_get(const struct sb_config *c, const char *section)
     return in ? in->data : NULL;
 }
 
+int sb_config_present(const struct sb_config *c, const char *section)
+{
+    const struct sb_conf_section *s = find_section(c, section);
+    struct conf_inst *in;
+
+    if (!s)
+        return 0;
+    if (s->named)
+        return sb_config_count(c, section) > 0;
+    in = find_inst(c, s, NULL);
+    return in && in->line > 0;
+}
+
 size_t sb_config_count(const struct sb_config *c, const char *section)
 {
     const struct sb_conf_section *s = find_section(c, section);

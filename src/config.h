@@ -97,6 +97,10 @@ void sb_config_free(struct sb_config *c);
  * NULL when no such section table was given or it is a named one. */
 const void *sb_config_get(const struct sb_config *c, const char *section);
 
+/* 1 when the file has the section (a singleton's defaults exist either
+ * way; drivers start only when their section is written). */
+int sb_config_present(const struct sb_config *c, const char *section);
+
 /* Named sections: how many instances, and the i-th in file order (name of the
  * instance returned through *name if non-NULL). */
 size_t sb_config_count(const struct sb_config *c, const char *section);

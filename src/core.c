@@ -49,6 +49,11 @@ static const struct sb_conf_key core_keys[] = {
      "blocking jobs (password hashing, MIME parsing) queued at most"},
     {"instance", SB_CONF_STR, offsetof(struct sb_core_conf, instance), "", 0,
      64, NULL, 0, "name of this instance (default: host name and pid)"},
+    {"dedupe_window", SB_CONF_DURATION,
+     offsetof(struct sb_core_conf, dedupe_window), "30d", 60000,
+     86400000LL * 3650, NULL, SB_CONF_RELOAD,
+     "how long a contact's source id (Message-ID, provider id) is "
+     "remembered, so a re-delivery is ingested once"},
     {NULL, 0, 0, NULL, 0, 0, NULL, 0, NULL},
 };
 

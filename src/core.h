@@ -10,6 +10,7 @@ struct sb_core_conf {
     char *default_country;     /* ISO 3166 alpha-2 for phone numbers */
     long long worker_queue;    /* bounded worker pool */
     char *instance;            /* this instance's name (consumer name) */
+    long long dedupe_window;   /* ms a source id stays known */
 };
 
 extern const struct sb_conf_section sb_core_conf_section;

@@ -107,6 +107,7 @@ static void shutdown_now(void)
     close_handle((uv_handle_t *)&M.watchdog);
     close_handle((uv_handle_t *)&M.drain);
     sb_http_stop();
+    sb_channels_stop();
     sb_worker_shutdown();
     sb_httpc_shutdown();
     sb_redis_close(M.redis);
@@ -151,6 +152,7 @@ static void apply_config(const struct sb_config *c)
     const struct sb_core_conf *cc = sb_config_get(c, "core");
 
     sb_log_level = sb_core_log_level(cc);
+    sb_store_set_dedupe_window(cc->dedupe_window / 1000);
     sb_static_load(((const struct sb_http_conf *)sb_config_get(c, "http"))
                        ->www_dir);
     sb_http_reconfigure(c);
@@ -288,7 +290,8 @@ static int run(void)
         uv_timer_start(&M.watchdog, on_watchdog, 0,
                        M.watchdog_usec / 2000 ? M.watchdog_usec / 2000 : 1);
 
-    if (sb_http_start(&M.loop, M.conf, sb_api_routes()) < 0) {
+    if (sb_channels_start(&M.loop, M.conf) < 0 ||
+        sb_http_start(&M.loop, M.conf, sb_api_routes()) < 0) {
         shutdown_now();
         r = 1;
     } else {

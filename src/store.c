@@ -26,7 +26,7 @@
 #include "util.h"
 
 #define ST_PLACE "core.store"
-#define ST_DEDUPE_S (30LL * 24 * 3600) /* dedupe window for source ids */
+#define ST_DEDUPE_S (30LL * 24 * 3600) /* default dedupe window, seconds */
 #define ST_TL_MAX 200
 #define ST_LOG_MAX 1000
 #define ST_ARGV_MAX (17 + 2 * SB_IDENT_MAX)
@@ -51,7 +51,13 @@ struct st_req {
 static struct {
     struct sb_redis *redis;
     char *prefix;
+    long long dedupe_s; /* 0: ST_DEDUPE_S */
 } S;
+
+void sb_store_set_dedupe_window(long long seconds)
+{
+    S.dedupe_s = seconds;
+}
 
 void sb_store_init(struct sb_redis *r, const char *prefix)
 {
@@ -588,7 +594,8 @@ int sb_contact_ingest(const struct sb_contact_in *in, sb_contact_cb *cb,
 
     if (!S.redis)
         return -1;
-    snprintf(window, sizeof(window), "%lld", ST_DEDUPE_S);
+    snprintf(window, sizeof(window), "%lld",
+             S.dedupe_s > 0 ? S.dedupe_s : ST_DEDUPE_S);
     snprintf(ts, sizeof(ts), "%lld", (long long)in->ts_ms);
     snprintf(nids, sizeof(nids), "%d", in->nids);
     argv[0] = S.prefix;

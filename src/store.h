@@ -89,6 +89,9 @@ typedef void sb_store_json_cb(enum sb_store_status st, json_t *result,
  * the key prefix. */
 void sb_store_init(struct sb_redis *r, const char *prefix);
 
+/* How long a (channel, source_id) is remembered for idempotency. */
+void sb_store_set_dedupe_window(long long seconds);
+
 int sb_contact_ingest(const struct sb_contact_in *in, sb_contact_cb *cb,
                       void *arg);
 

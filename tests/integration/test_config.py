@@ -136,6 +136,14 @@ def test_example_config():
         assert sec in out, "example lacks " + sec
     for key in ("log_level", "drain_timeout", "max_body", "login_fail_max"):
         assert key in out, "example lacks " + key
+    # config/switchboard.conf is the documented reference: it must be what
+    # the tables say today (regenerate with --example-config).
+    ref = os.path.join(os.path.dirname(__file__), "..", "..", "config",
+                       "switchboard.conf")
+    with open(ref, encoding="utf-8") as f:
+        assert f.read() == out, \
+            "config/switchboard.conf is stale: run " \
+            "build/switchboard --example-config > config/switchboard.conf"
 
 
 def test_tools():
