@@ -20,6 +20,7 @@
 #include "json.h"
 #include "log.h"
 #include "metrics.h"
+#include "ws.h"
 
 #define HTTP_PLACE "core.http"
 
@@ -572,6 +573,11 @@ static int on_http_cb(struct lws *wsi, enum lws_callback_reasons reason,
             return 0;
         return write_response(wsi, pss);
 
+    case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
+    case LWS_CALLBACK_ESTABLISHED:
+        /* An upgrade that named none of our subprotocols lands here. */
+        return -1;
+
     case LWS_CALLBACK_CLOSED_HTTP:
     case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
         if (pss)
@@ -608,10 +614,9 @@ static int on_http(struct lws *wsi, enum lws_callback_reasons reason,
     return r;
 }
 
-static const struct lws_protocols protocols[] = {
-    {"http", on_http, sizeof(struct http_pss), 0, 0, NULL, 0},
-    {NULL, NULL, 0, 0, 0, NULL, 0},
-};
+/* Row 0 serves HTTP; then one row per WebSocket endpoint (ws.c); then the
+ * all-zero terminator lws 4.1 expects. Built in sb_http_start. */
+static struct lws_protocols protocols[2 + 8];
 
 /* ---- lifecycle ----------------------------------------------------------- */
 
@@ -664,6 +669,13 @@ int sb_http_start(uv_loop_t *loop, const struct sb_config *conf,
     H.m_too_big = sb_metric_counter("sb_http_body_too_large_total",
                                     "Requests refused with 413", NULL);
 
+    memset(protocols, 0, sizeof(protocols));
+    protocols[0].name = "http";
+    protocols[0].callback = on_http;
+    protocols[0].per_session_data_size = sizeof(struct http_pss);
+    sb_ws_lws_protocols(protocols + 1, SB_ARRAY_LEN(protocols) - 2);
+    sb_ws_start(loop);
+
     lws_set_log_level(LLL_ERR, on_lws_log);
     memset(&info, 0, sizeof(info));
     foreign[0] = loop;
@@ -707,8 +719,11 @@ int sb_http_start(uv_loop_t *loop, const struct sb_config *conf,
         vi.timeout_secs = 30;
         vi.server_string = "switchboard";
         vi.alpn = "http/1.1"; /* write_response speaks h1 only */
+        /* lws reads DO_SSL_GLOBAL_INIT from each vhost's own options: without
+         * it a listener with a certificate silently serves plain HTTP. */
         vi.options = LWS_SERVER_OPTION_LIBUV |
-                     LWS_SERVER_OPTION_UV_NO_SIGSEGV_SIGFPE_SPIN;
+                     LWS_SERVER_OPTION_UV_NO_SIGSEGV_SIGFPE_SPIN |
+                     (tls ? LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT : 0);
         if (tls) {
             vi.ssl_cert_filepath = keep(l->tls_cert);
             vi.ssl_private_key_filepath = keep(l->tls_key);
@@ -734,6 +749,7 @@ void sb_http_reconfigure(const struct sb_config *conf)
 void sb_http_drain(void)
 {
     H.draining = 1;
+    sb_ws_close_all();
 }
 
 size_t sb_http_inflight(void)
@@ -743,6 +759,7 @@ size_t sb_http_inflight(void)
 
 void sb_http_stop(void)
 {
+    sb_ws_stop();
     if (H.ctx)
         lws_context_destroy(H.ctx);
 }

@@ -549,6 +549,7 @@ class Daemon:
         self.proc = None
         self.logs = []
         self.rcs = []  # (returncode, how) of every instance that ended
+        self.extra_env = {}  # added to the daemon's environment at start
 
     def start(self, ready_limit=30.0):
         n = len(self.logs) + 1
@@ -556,6 +557,7 @@ class Daemon:
         self.logs.append(logpath)
         env = dict(os.environ)
         env.update(SAN_ENV)
+        env.update(self.extra_env)
         self.logf = open(logpath, "ab")
         self.proc = subprocess.Popen(
             self.wrapper + [self.bin, "-c", self.env.conf_path],
@@ -646,11 +648,14 @@ class Env:
 
     overrides: config changes (see merge_config). expect_errors: regexes of
     error-level log lines the test provokes on purpose. start_daemon=False
-    leaves the daemon for the test to start."""
+    leaves the daemon for the test to start; start_redis=False leaves Redis
+    too (env.redis.start(); a daemon started first with ready_limit=0).
+    daemon_env: extra environment variables for the daemon."""
 
     def __init__(self, overrides=None, expect_errors=(), start_daemon=True,
                  fsync="always", bin=None, wrapper=None, ready_limit=30.0,
-                 stop_limit=15.0, check_exit=True):
+                 stop_limit=15.0, check_exit=True, start_redis=True,
+                 daemon_env=None):
         self.overrides = overrides
         self.expect = [re.compile(p) for p in expect_errors]
         self.start_daemon = start_daemon
@@ -660,6 +665,8 @@ class Env:
         self.ready_limit = ready_limit
         self.stop_limit = stop_limit
         self.check_exit = check_exit
+        self.start_redis = start_redis
+        self.daemon_env = dict(daemon_env or {})
         self.clients = []
 
     def __enter__(self):
@@ -667,13 +674,15 @@ class Env:
         try:
             self.port = free_port()
             self.redis = Redis(self.tmp, self.fsync)
-            self.redis.start()
+            if self.start_redis:
+                self.redis.start()
             self.conf = merge_config(
                 base_config(self.tmp, self.port, self.redis.sock),
                 self.overrides)
             self.conf_path = os.path.join(self.tmp, "switchboard.conf")
             self.write_config()
             self.daemon = Daemon(self, self.bin, self.wrapper)
+            self.daemon.extra_env.update(self.daemon_env)
             if self.start_daemon:
                 self.daemon.start(self.ready_limit)
             self.client = self.new_client()
