@@ -26,10 +26,28 @@ struct static_file {
     const char *ctype;
 };
 
-static struct {
+/* One set of files per mount; the route's name picks the mount. */
+struct static_mount {
+    char name[32];
     struct static_file files[STATIC_MAX_FILES];
     size_t n;
+};
+
+static struct {
+    struct static_mount mounts[8];
+    size_t n;
 } S;
+
+static struct static_mount *mount_get(const char *name, int create)
+{
+    for (size_t i = 0; i < S.n; i++)
+        if (strcmp(S.mounts[i].name, name) == 0)
+            return &S.mounts[i];
+    if (!create || S.n == SB_ARRAY_LEN(S.mounts))
+        return NULL;
+    snprintf(S.mounts[S.n].name, sizeof(S.mounts[S.n].name), "%s", name);
+    return &S.mounts[S.n++];
+}
 
 static const char csp[] =
     "default-src 'none'; script-src 'self'; style-src 'self'; "
@@ -70,15 +88,19 @@ static void files_free(struct static_file *f, size_t n)
     }
 }
 
-int sb_static_load(const char *dir)
+int sb_static_mount(const char *mount, const char *dir)
 {
+    struct static_mount *m = mount_get(mount, 1);
     struct static_file nf[STATIC_MAX_FILES];
     size_t n = 0;
     DIR *d = opendir(dir);
     struct dirent *de;
 
-    if (!d) {
-        SB_WARN("core.static", "cannot read www_dir dir=%s", dir);
+    if (!m || !d) {
+        SB_WARN("core.static", "cannot read pages mount=%s dir=%s", mount,
+                dir);
+        if (d)
+            closedir(d);
         return -1;
     }
     while ((de = readdir(d)) && n < STATIC_MAX_FILES) {
@@ -103,25 +125,35 @@ int sb_static_load(const char *dir)
         n++;
     }
     closedir(d);
-    files_free(S.files, S.n);
-    memcpy(S.files, nf, n * sizeof(nf[0]));
-    S.n = n;
-    SB_INFO("core.static", "pages loaded dir=%s files=%zu", dir, n);
+    files_free(m->files, m->n);
+    memcpy(m->files, nf, n * sizeof(nf[0]));
+    m->n = n;
+    SB_INFO("core.static", "pages loaded mount=%s dir=%s files=%zu", mount,
+            dir, n);
     return 0;
+}
+
+int sb_static_load(const char *dir)
+{
+    return sb_static_mount("static", dir);
 }
 
 void sb_static_serve(struct sb_http_req *req)
 {
     const char *name = req->params[0] ? req->params[0] : "index.html";
+    struct static_mount *m =
+        mount_get(req->route && req->route->name ? req->route->name
+                                                 : "static",
+                  0);
 
-    for (size_t i = 0; i < S.n; i++) {
-        if (strcmp(S.files[i].name, name) != 0)
+    for (size_t i = 0; m && i < m->n; i++) {
+        const struct static_file *f = &m->files[i];
+        if (strcmp(f->name, name) != 0)
             continue;
         sb_http_add_header(req, "Content-Security-Policy", csp);
         sb_http_add_header(req, "X-Frame-Options", "DENY");
         sb_http_add_header(req, "Referrer-Policy", "no-referrer");
-        sb_http_respond(req, 200, S.files[i].ctype, S.files[i].data,
-                        S.files[i].len);
+        sb_http_respond(req, 200, f->ctype, f->data, f->len);
         return;
     }
     sb_http_respond_error(req, 404, "not found", NULL);
@@ -129,6 +161,7 @@ void sb_static_serve(struct sb_http_req *req)
 
 void sb_static_free(void)
 {
-    files_free(S.files, S.n);
+    for (size_t i = 0; i < S.n; i++)
+        files_free(S.mounts[i].files, S.mounts[i].n);
     S.n = 0;
 }

@@ -10,7 +10,12 @@
  * kept). */
 int sb_static_load(const char *dir);
 
-/* Handler for "/" (index.html) and "/static/{}". */
+/* The same for another set of pages: routes whose name is `mount` serve
+ * the files of dir ("/chat/" and "/chat/{}" with name "chat"). */
+int sb_static_mount(const char *mount, const char *dir);
+
+/* Handler: the route's name picks the mount ("static" by default); the
+ * {} parameter names the file, none means index.html. */
 void sb_static_serve(struct sb_http_req *req);
 
 void sb_static_free(void);
