@@ -184,6 +184,11 @@ struct sb_redis {
 
     size_t nscripts;
     char (*shas)[41];
+
+    /* Subscriber connections only (sb_redis_subscriber). */
+    char **sub_channels;
+    sb_redis_msg_cb *sub_cb;
+    void *sub_arg;
 };
 
 static void start_connect(struct sb_redis *r);
@@ -401,6 +406,36 @@ static void link_gone(struct sb_redis *r, const redisAsyncContext *ac)
     notify(r, 0); /* last: the callback may close r */
 }
 
+/* Subscriber connections: every published message, once per message. A
+ * NULL reply (the link is going) is ignored: on_disconnect handles it. */
+static void on_sub_reply(redisAsyncContext *ac, void *reply_, void *privdata)
+{
+    struct sb_redis *r = privdata;
+    redisReply *reply = reply_;
+
+    if (!reply || r->ac != ac || reply->type != REDIS_REPLY_ARRAY ||
+        reply->elements != 3 || reply->element[0]->type != REDIS_REPLY_STRING ||
+        strcmp(reply->element[0]->str, "message") != 0 ||
+        reply->element[2]->type != REDIS_REPLY_STRING)
+        return;
+    r->sub_cb(reply->element[1]->str, reply->element[2]->str,
+              reply->element[2]->len, r->sub_arg);
+}
+
+static int subscribe(struct sb_redis *r)
+{
+    const char *argv[17];
+    size_t n = 0;
+
+    argv[n++] = "SUBSCRIBE";
+    for (char **c = r->sub_channels; *c && n < SB_ARRAY_LEN(argv); c++)
+        argv[n++] = *c;
+    return redisAsyncCommandArgv(r->ac, on_sub_reply, r, (int)n, argv,
+                                 NULL) == REDIS_OK
+               ? 0
+               : -1;
+}
+
 static void became_up(struct sb_redis *r)
 {
     uv_timer_stop(&r->connect_timer);
@@ -415,6 +450,10 @@ static void became_up(struct sb_redis *r)
         SB_INFO(PLACE, "connected name=%s addr=%s db=%lld scripts=%zu", r->name,
                 r->addr, r->conf.db, r->nscripts);
     r->fails = 0;
+    if (r->sub_cb && subscribe(r) < 0) {
+        abort_attempt(r, "SUBSCRIBE failed");
+        return;
+    }
     notify(r, 1);
 }
 
@@ -871,6 +910,8 @@ size_t sb_redis_pending(const struct sb_redis *r)
 
 static int can_send(const struct sb_redis *r)
 {
+    if (r->sub_cb)
+        return 0; /* a subscribed connection takes no commands */
     return r->up && r->ac && !r->closing &&
            r->npending < (size_t)r->conf.max_pending;
 }
@@ -1015,6 +1056,9 @@ static void on_handle_closed(uv_handle_t *h)
 
     if (--r->open_handles > 0)
         return;
+    for (char **c = r->sub_channels; c && *c; c++)
+        free(*c);
+    free(r->sub_channels);
     free_conf(&r->conf);
     free(r->shas);
     free(r->name);
@@ -1043,4 +1087,26 @@ void sb_redis_close(struct sb_redis *r)
     uv_close((uv_handle_t *)&r->flush, on_handle_closed);
     uv_close((uv_handle_t *)&r->retry_timer, on_handle_closed);
     uv_close((uv_handle_t *)&r->cmd_timer, on_handle_closed);
+}
+
+struct sb_redis *sb_redis_subscriber(uv_loop_t *loop,
+                                     const struct sb_redis_conf *conf,
+                                     const char *name,
+                                     const char *const *channels,
+                                     sb_redis_msg_cb *cb, void *arg)
+{
+    struct sb_redis *r;
+    size_t n = 0;
+
+    while (channels[n] && n < 16)
+        n++;
+    r = sb_redis_new(loop, conf, name);
+    /* Not connected yet: sb_redis_new only scheduled the attempt, so the
+     * subscription is in place before the first became_up(). */
+    r->sub_channels = sb_calloc(n + 1, sizeof(char *));
+    for (size_t i = 0; i < n; i++)
+        r->sub_channels[i] = sb_strdup(channels[i]);
+    r->sub_cb = cb;
+    r->sub_arg = arg;
+    return r;
 }

@@ -87,6 +87,20 @@ size_t sb_redis_pending(const struct sb_redis *r);
  * need a restart). */
 void sb_redis_reconfigure(struct sb_redis *r, const struct sb_redis_conf *conf);
 
+/* A connection that only listens: SUBSCRIBE to channels (at most 16,
+ * copied) after every (re)connect, and cb for each message published on
+ * them (channel and payload borrowed for the call; the payload may hold any
+ * bytes). It refuses commands; publish through a normal connection. Pub/sub
+ * is fire-and-forget: messages published while it is reconnecting are lost,
+ * so use it for live screens, never for work that must not be lost. */
+typedef void sb_redis_msg_cb(const char *channel, const char *payload,
+                             size_t len, void *arg);
+struct sb_redis *sb_redis_subscriber(uv_loop_t *loop,
+                                     const struct sb_redis_conf *conf,
+                                     const char *name,
+                                     const char *const *channels,
+                                     sb_redis_msg_cb *cb, void *arg);
+
 /* Stop: fail pending commands with "closing", close handles, free the object
  * once every handle is closed. r may not be used after this call. */
 void sb_redis_close(struct sb_redis *r);

@@ -779,11 +779,84 @@ static void test_auth_select(void **state)
     assert_int_equal(f->bad, 0);
 }
 
+
+/* ---- subscriber -------------------------------------------------------- */
+
+static int sub_got;
+static char sub_last[64];
+
+static void on_sub_msg(const char *channel, const char *payload, size_t len,
+                       void *arg)
+{
+    (void)arg;
+    if (strcmp(channel, "ev") != 0)
+        return;
+    sub_got++;
+    snprintf(sub_last, sizeof(sub_last), "%.*s", (int)len, payload);
+}
+
+static int sub_has_one(struct fx *f)
+{
+    (void)f;
+    return sub_got >= 1;
+}
+
+static struct sb_redis *sub_r;
+
+static int sub_up(struct fx *f)
+{
+    (void)f;
+    return sb_redis_is_up(sub_r);
+}
+
+static void publish(struct fx *f, int idx, const char *payload)
+{
+    const char *argv[] = {"PUBLISH", "ev", payload};
+    assert_int_equal(cmd(f, idx, 3, argv), 0);
+}
+
+/* Messages arrive once each; after Redis restarts the subscriber is back
+ * on its channels without help; commands are refused on it. */
+static void test_subscriber(void **state)
+{
+    struct fx *f = *state;
+    const char *chans[] = {"ev", NULL};
+    const char *ping[] = {"PING"};
+
+    start_all(f);
+    sub_got = 0;
+    sub_r = sb_redis_subscriber(&f->loop, &f->conf, "sub", chans, on_sub_msg,
+                                NULL);
+    assert_true(run_until(f, sub_up, 3000));
+    assert_int_equal(sb_redis_cmdv(sub_r, NULL, NULL, 1, ping, NULL), -1);
+    run_for(f, 50); /* SUBSCRIBE answered */
+    publish(f, 0, "one");
+    assert_true(run_until(f, sub_has_one, 2000));
+    assert_string_equal(sub_last, "one");
+    run_for(f, 100);
+    assert_int_equal(sub_got, 1);
+
+    server_kill(&f->srv);
+    assert_true(run_until(f, is_down, 2000));
+    assert_int_equal(server_start(&f->srv, NULL, NULL), 0);
+    assert_int_equal(server_wait(&f->srv), 0);
+    assert_true(run_until(f, is_up, 3000));
+    assert_true(run_until(f, sub_up, 3000));
+    run_for(f, 100);
+    sub_got = 0;
+    publish(f, 1, "two");
+    assert_true(run_until(f, sub_has_one, 2000));
+    assert_string_equal(sub_last, "two");
+    sb_redis_close(sub_r);
+    sub_r = NULL;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_conf_table),
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+        T(test_subscriber),
         T(test_connect_ping),
         T(test_pipeline),
         T(test_error_reply),
