@@ -144,6 +144,7 @@ static const char *const locales[] = {"ru", "en", NULL};
 struct contact_req {
     struct sb_http_req *req;
     char channel[16];
+    char direction[16];
 };
 
 static void on_ingested(enum sb_store_status st,
@@ -163,6 +164,7 @@ static void on_ingested(enum sb_store_status st,
         sb_metric_add(API.m_duplicates, 1, c->channel);
     else
         sb_metric_add(API.m_ingested, 1, c->channel);
+    sb_api_route_after_ingest(c->channel, c->direction, res);
     j = json_pack("{s:s, s:s, s:o, s:b, s:b, s:b, s:b}", "id", res->contact_id,
                   "customer", res->customer_id, "conversation",
                   res->conversation_id[0] ? json_string(res->conversation_id)
@@ -274,6 +276,7 @@ static void h_contacts_post(struct sb_http_req *req)
     c = sb_calloc(1, sizeof(*c));
     c->req = req;
     snprintf(c->channel, sizeof(c->channel), "%s", in.channel);
+    snprintf(c->direction, sizeof(c->direction), "%s", in.direction);
     if (sb_contact_ingest(&in, on_ingested, c) < 0) {
         free(c);
         unavailable(req);
@@ -622,6 +625,8 @@ static const struct sb_route routes[] = {
     {SB_GET | SB_HEAD, "/", sb_static_serve, SB_ACCESS_PUBLIC, "static"},
     {SB_GET | SB_HEAD, "/static/{}", sb_static_serve, SB_ACCESS_PUBLIC,
      "static"},
+    {SB_GET | SB_HEAD, "/chat/", sb_static_serve, SB_ACCESS_PUBLIC, "chat"},
+    {SB_GET | SB_HEAD, "/chat/{}", sb_static_serve, SB_ACCESS_PUBLIC, "chat"},
     {SB_POST, "/api/v1/login", sb_auth_login, SB_ACCESS_PUBLIC, NULL},
     {SB_POST, "/api/v1/logout", sb_auth_logout, SB_ACCESS_ANY, NULL},
     {SB_GET, "/api/v1/me", sb_auth_me, SB_ACCESS_ANY, NULL},
@@ -639,6 +644,24 @@ static const struct sb_route routes[] = {
      NULL},
     {SB_GET, "/api/v1/conversations/{}/timeline", h_conversation_timeline,
      READ_CUSTOMERS, NULL},
+    {SB_GET, "/api/v1/conversations", sb_api_conversations, READ_CUSTOMERS,
+     NULL},
+    {SB_POST, "/api/v1/conversations/{}/accept", sb_api_accept,
+     SB_ACCESS_AGENT, NULL},
+    {SB_POST, "/api/v1/conversations/{}/decline", sb_api_decline,
+     SB_ACCESS_AGENT, NULL},
+    {SB_POST, "/api/v1/conversations/{}/assign", sb_api_assign,
+     SB_ACCESS_AGENT | SB_SCOPE_ADMIN, NULL},
+    {SB_POST, "/api/v1/conversations/{}/transfer", sb_api_transfer,
+     SB_ACCESS_AGENT | SB_SCOPE_ADMIN, NULL},
+    {SB_POST, "/api/v1/conversations/{}/resolve", sb_api_resolve,
+     SB_ACCESS_AGENT | SB_SCOPE_ADMIN, NULL},
+    {SB_POST, "/api/v1/conversations/{}/notes", sb_api_note,
+     SB_ACCESS_AGENT | SB_SCOPE_ADMIN, NULL},
+    {SB_GET, "/api/v1/queues", sb_api_queues, READ_CUSTOMERS, NULL},
+    {SB_GET, "/api/v1/agents", sb_api_agents, READ_CUSTOMERS, NULL},
+    {SB_PUT, "/api/v1/agents/{}/presence", sb_api_presence,
+     SB_ACCESS_AGENT | SB_SCOPE_ADMIN, NULL},
     {0, NULL, NULL, 0, NULL},
 };
 

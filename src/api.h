@@ -15,4 +15,22 @@ void sb_api_init(struct sb_redis *r, int (*ready)(void));
 /* Current config (borrowed; call again after each reload). */
 void sb_api_config(const struct sb_config *conf);
 
+/* api_routing.c: conversations, queues, agents, presence. */
+void sb_api_queues(struct sb_http_req *req);
+void sb_api_agents(struct sb_http_req *req);
+void sb_api_conversations(struct sb_http_req *req);
+void sb_api_presence(struct sb_http_req *req);
+void sb_api_accept(struct sb_http_req *req);
+void sb_api_decline(struct sb_http_req *req);
+void sb_api_assign(struct sb_http_req *req);
+void sb_api_transfer(struct sb_http_req *req);
+void sb_api_resolve(struct sb_http_req *req);
+void sb_api_note(struct sb_http_req *req);
+
+/* Hand an inbound conversation contact (chat, email, sms) to the router;
+ * logs a failure, never blocks the caller's answer. */
+struct sb_contact_result;
+void sb_api_route_after_ingest(const char *channel, const char *direction,
+                               const struct sb_contact_result *res);
+
 #endif

@@ -15,9 +15,11 @@
 #include "util.h"
 
 extern const struct sb_channel_ops sb_chan_file;
+extern const struct sb_channel_ops sb_chan_webchat;
 
 const struct sb_channel_ops *const sb_channel_drivers[] = {
     &sb_chan_file,
+    &sb_chan_webchat,
     NULL,
 };
 

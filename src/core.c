@@ -13,6 +13,7 @@
 #include "http.h"
 #include "normalize.h"
 #include "redis.h"
+#include "router.h"
 
 static const char *const levels[] = {"err", "warning", "notice", "info",
                                      "debug", NULL};
@@ -78,6 +79,10 @@ static const struct sb_conf_section *const core_sections[] = {
     &sb_auth_conf_section,
     &sb_apikey_conf_section,
     &sb_user_conf_section,
+    &sb_routing_conf_section,
+    &sb_queue_conf_section,
+    &sb_agent_conf_section,
+    &sb_rule_conf_section,
 };
 
 const struct sb_conf_section *const *sb_core_sections(void)

@@ -528,12 +528,22 @@ static int on_http_request(struct lws *wsi, struct http_pss *pss)
         return 0;
     }
     cl = hdr_dup(wsi, WSI_TOKEN_HTTP_CONTENT_LENGTH);
-    if (!cl || sb_parse_ll(cl, &clen) < 0 || clen < 0) {
-        free(cl);
+    if (!cl && lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_TRANSFER_ENCODING) >
+                   0) {
+        /* A chunked body: we need its length up front (the cap). */
         req->close_after = 1;
         req->dispatched = 1;
         H.inflight++;
         sb_http_respond_error(req, 411, "Content-Length required", NULL);
+        return 0;
+    }
+    /* No Content-Length and no Transfer-Encoding: no body (RFC 9112 6.3). */
+    if (cl && (sb_parse_ll(cl, &clen) < 0 || clen < 0)) {
+        free(cl);
+        req->close_after = 1;
+        req->dispatched = 1;
+        H.inflight++;
+        sb_http_respond_error(req, 400, "invalid Content-Length", NULL);
         return 0;
     }
     free(cl);

@@ -30,6 +30,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "redis.h"
+#include "router.h"
 #include "static.h"
 #include "store.h"
 #include "worker.h"
@@ -42,7 +43,8 @@ static struct {
     struct sb_config *conf;
     struct sb_redis *redis;
     uv_signal_t sig_hup, sig_term, sig_int;
-    uv_timer_t watchdog, drain;
+    uv_timer_t watchdog, drain, route_tick;
+    int tick_running;
     uint64_t watchdog_usec;
     int http_up, notified_ready, draining, stopping;
     uint64_t drain_deadline;
@@ -106,6 +108,7 @@ static void shutdown_now(void)
     close_handle((uv_handle_t *)&M.sig_int);
     close_handle((uv_handle_t *)&M.watchdog);
     close_handle((uv_handle_t *)&M.drain);
+    close_handle((uv_handle_t *)&M.route_tick);
     sb_http_stop();
     sb_channels_stop();
     sb_worker_shutdown();
@@ -147,6 +150,32 @@ static void on_term(uv_signal_t *s, int signum)
 
 /* ---- reload ---------------------------------------------------------------- */
 
+/* The router's timer: offer timeouts, max waits, dispatch. One tick at a
+ * time; a tick that hit its bound ("more") runs again at once. */
+static void on_route_tick(uv_timer_t *t);
+
+static void on_route_ticked(enum sb_store_status st, json_t *result,
+                            const char *err, void *arg)
+{
+    int more = result && json_is_true(json_object_get(result, "more"));
+
+    M.tick_running = 0;
+    if (st != SB_STORE_OK && st != SB_STORE_UNAVAILABLE)
+        SB_WARN(MAIN_PLACE, "routing tick failed err=%s", err ? err : "-");
+    json_decref(result);
+    if (more && !M.stopping)
+        uv_timer_start(&M.route_tick, on_route_tick, 0,
+                       (uint64_t)sb_router_tick_interval());
+}
+
+static void on_route_tick(uv_timer_t *t)
+{
+    if (M.tick_running || M.stopping || !sb_redis_is_up(M.redis))
+        return;
+    if (sb_router_tick(sb_now_ms(), on_route_ticked, NULL) == 0)
+        M.tick_running = 1;
+}
+
 static void apply_config(const struct sb_config *c)
 {
     const struct sb_core_conf *cc = sb_config_get(c, "core");
@@ -172,7 +201,8 @@ static void on_hup(uv_signal_t *s, int signum)
         SB_ERR(MAIN_PLACE, "reload failed, keeping the running config: %s",
                err);
         sb_metric_add(M.m_reloads, 1, "failed");
-    } else if (sb_config_reload_check(M.conf, c, err, sizeof(err)) < 0) {
+    } else if (sb_config_reload_check(M.conf, c, err, sizeof(err)) < 0 ||
+               sb_router_config(c, err, sizeof(err)) < 0) {
         SB_ERR(MAIN_PLACE, "reload refused, keeping the running config: %s",
                err);
         sb_metric_add(M.m_reloads, 1, "failed");
@@ -275,8 +305,16 @@ static int run(void)
     sb_redis_on_state(M.redis, on_redis_state, NULL);
     sb_store_init(M.redis, rc->prefix);
     sb_auth_init(M.redis, rc->prefix);
+    sb_router_init(M.redis, rc->prefix);
     sb_api_init(M.redis, is_ready);
     apply_config(M.conf);
+    {
+        char err[512];
+        if (sb_router_config(M.conf, err, sizeof(err)) < 0) {
+            SB_ERR(MAIN_PLACE, "routing config: %s", err);
+            return 1;
+        }
+    }
 
     uv_signal_init(&M.loop, &M.sig_hup);
     uv_signal_init(&M.loop, &M.sig_term);
@@ -286,6 +324,10 @@ static int run(void)
     uv_signal_start(&M.sig_int, on_term, SIGINT);
     uv_timer_init(&M.loop, &M.watchdog);
     uv_timer_init(&M.loop, &M.drain);
+    uv_timer_init(&M.loop, &M.route_tick);
+    uv_timer_start(&M.route_tick, on_route_tick,
+                   (uint64_t)sb_router_tick_interval(),
+                   (uint64_t)sb_router_tick_interval());
     if (sd_watchdog_enabled(0, &M.watchdog_usec) > 0 && M.watchdog_usec)
         uv_timer_start(&M.watchdog, on_watchdog, 0,
                        M.watchdog_usec / 2000 ? M.watchdog_usec / 2000 : 1);
@@ -355,6 +397,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s\n", err);
         return 1;
     }
+    if (sb_router_check(M.conf, err, sizeof(err)) < 0) {
+        fprintf(stderr, "%s: %s\n", M.path, err);
+        sb_config_free(M.conf);
+        return 1;
+    }
     if (check) {
         printf("config ok: %s\n", M.path);
         sb_config_free(M.conf);
@@ -369,6 +416,7 @@ int main(int argc, char **argv)
     r = run();
     sb_config_free(M.conf);
     sb_static_free();
+    sb_router_free();
     sb_metrics_free();
     return r;
 }

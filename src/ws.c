@@ -78,6 +78,7 @@ static struct {
     uint64_t next_id;
     uv_timer_t sweep;
     int sweeping;
+    int stopped;                     /* sb_ws_stop ran: free empty entries */
     struct sb_metric *m_open, *m_closed, *m_refused, *m_rx, *m_tx;
 } W;
 
@@ -169,6 +170,17 @@ static struct ip_entry *ip_get(const char *addr, int create)
     return e;
 }
 
+static void ip_free(struct ip_entry *e)
+{
+    struct ip_entry **pp = &W.ips[ip_hash(e->addr)];
+
+    while (*pp && *pp != e)
+        pp = &(*pp)->next;
+    if (*pp)
+        *pp = e->next;
+    free(e);
+}
+
 /* Take one token from a bucket refilled at rate/s with a burst of 2 s. */
 static int bucket_take(double *tokens, uint64_t *refill_ms, double rate,
                        uint64_t now)
@@ -219,10 +231,10 @@ static void start_close(struct sb_ws_conn *c, int code, const char *reason)
     sb_metric_add(W.m_closed, 1, c->proto->name, r);
     if (!c->wsi)
         return;
-    if (c->qhead)
-        lws_callback_on_writable(c->wsi); /* drain, then the timer */
-    else
-        lws_set_timer_usecs(c->wsi, 1);
+    /* Drain, then the timer, armed from WRITEABLE: a timer set outside an
+     * lws callback (the idle sweep, a Redis reply) is not armed on the
+     * loop until lws next services something, which may be never. */
+    lws_callback_on_writable(c->wsi);
 }
 
 void sb_ws_close(uint64_t id, int code, const char *reason)
@@ -405,6 +417,8 @@ static void gone(struct ws_pss *pss)
     conn_unlink(c);
     c->ip->conns--;
     c->ip->last_ms = now_ms();
+    if (W.stopped && c->ip->conns == 0)
+        ip_free(c->ip);
     frames_free(c);
     sb_buf_free(&c->rx);
     for (int i = 0; i < c->nqargs; i++)
@@ -501,6 +515,8 @@ static int writeable(struct lws *wsi, struct sb_ws_conn *c)
 {
     struct ws_frame *f = c->qhead;
 
+    if (!f && c->closing)
+        lws_set_timer_usecs(wsi, 1);
     if (f) {
         int n = lws_write(wsi, f->data + LWS_PRE, f->len, LWS_WRITE_TEXT);
         c->qhead = f->next;
@@ -632,11 +648,19 @@ void sb_ws_stop(void)
         uv_close((uv_handle_t *)&W.sweep, NULL);
         W.sweeping = 0;
     }
+    /* Entries of connections still open are freed as those go (lws
+     * destroys them after this, in sb_http_stop). */
+    W.stopped = 1;
     for (size_t b = 0; b < IP_BUCKETS; b++) {
-        while (W.ips[b]) {
-            struct ip_entry *e = W.ips[b];
-            W.ips[b] = e->next;
-            free(e);
+        struct ip_entry **pp = &W.ips[b];
+        while (*pp) {
+            struct ip_entry *e = *pp;
+            if (e->conns == 0) {
+                *pp = e->next;
+                free(e);
+            } else {
+                pp = &e->next;
+            }
         }
     }
 }

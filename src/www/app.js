@@ -7,6 +7,7 @@ const $ = (id) => document.getElementById(id);
 let token = sessionStorage.getItem('sb_token');
 let current = null;      // customer id shown
 let nextBefore = null;   // paging cursor
+let loads = 0;           // bumped when the customer shown changes
 
 async function api(method, path, body) {
   const headers = { 'Content-Type': 'application/json' };
@@ -25,10 +26,27 @@ function show(loggedIn, who) {
   $('who').textContent = who || '';
 }
 
+// Forget the customer shown: nothing of it stays in the page.
+function clearCustomer() {
+  current = null;
+  nextBefore = null;
+  loads++;
+  $('customer').hidden = true;
+  $('c-name').textContent = '';
+  $('c-facts').replaceChildren();
+  $('timeline').tBodies[0].replaceChildren();
+  $('older').hidden = true;
+  $('find-error').textContent = '';
+  $('ident').value = '';
+  $('cust-id').value = '';
+  $('ident').required = true;
+}
+
 function logout() {
   if (token) api('POST', '/api/v1/logout');
   token = null;
   sessionStorage.removeItem('sb_token');
+  clearCustomer();
   show(false);
 }
 
@@ -63,12 +81,24 @@ function renderCustomer(c) {
   fact(dl, 'Since', fmt(c.created));
   $('timeline').tBodies[0].replaceChildren();
   nextBefore = null;
+  loads++;
   loadTimeline();
 }
 
+// Append the next page. "Older" is disabled while a page is on its way (a
+// double click would show it twice), and a page that arrives after another
+// customer was chosen is dropped.
 async function loadTimeline() {
+  const gen = loads;
   const q = '?limit=50' + (nextBefore ? '&before=' + encodeURIComponent(nextBefore) : '');
-  const r = await api('GET', '/api/v1/customers/' + encodeURIComponent(current) + '/timeline' + q);
+  $('older').disabled = true;
+  let r;
+  try {
+    r = await api('GET', '/api/v1/customers/' + encodeURIComponent(current) + '/timeline' + q);
+  } finally {
+    if (gen === loads) $('older').disabled = false;
+  }
+  if (gen !== loads) return;
   if (r.status !== 200) { $('find-error').textContent = (r.data && r.data.error) || 'error'; return; }
   const tb = $('timeline').tBodies[0];
   for (const e of r.data.entries) {
@@ -95,8 +125,12 @@ async function find(ev) {
   let r;
   if (id) r = await api('GET', '/api/v1/customers/' + encodeURIComponent(id));
   else r = await api('GET', '/api/v1/customers?' + (v.includes('@') ? 'email=' : 'phone=') + encodeURIComponent(v));
+  if (r.status === 401) return; // api() logged out
   if (r.status !== 200) {
-    $('customer').hidden = true;
+    clearCustomer();
+    $('ident').value = v;
+    $('cust-id').value = id;
+    $('ident').required = !id;
     $('find-error').textContent = r.status === 404 ? 'No such customer' : ((r.data && r.data.error) || 'error');
     return;
   }
