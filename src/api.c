@@ -601,6 +601,30 @@ static void on_proposals(enum sb_store_status st, json_t *result,
     json_decref(j);
 }
 
+/* The global contact log, oldest first after a contact id: what
+ * `sbctl tail` polls. */
+static void h_log(struct sb_http_req *req)
+{
+    char *after = sb_http_query(req, "after");
+    char *l = sb_http_query(req, "limit");
+    long long n = 100;
+
+    /* A contact id, or a bare time in ms: everything after it. */
+    if (after && !valid_stream_id(after) &&
+        !(after[0] && strlen(after) < 16 &&
+          strspn(after, "0123456789") == strlen(after))) {
+        sb_http_respond_error(req, 400,
+                              "after must be a contact id or a time in ms",
+                              "after");
+    } else if (l && (sb_parse_ll(l, &n) < 0 || n < 1 || n > 1000)) {
+        sb_http_respond_error(req, 400, "limit must be 1..1000", "limit");
+    } else if (sb_log_read(after, (int)n, on_json_result, req) < 0) {
+        unavailable(req);
+    }
+    free(after);
+    free(l);
+}
+
 static void h_merge_proposals(struct sb_http_req *req)
 {
     if (sb_merge_proposals(req->params[0], on_proposals, req) < 0)
@@ -659,6 +683,7 @@ static const struct sb_route routes[] = {
     {SB_POST, "/api/v1/conversations/{}/notes", sb_api_note,
      SB_ACCESS_AGENT | SB_SCOPE_ADMIN, NULL},
     {SB_GET, "/api/v1/queues", sb_api_queues, READ_CUSTOMERS, NULL},
+    {SB_GET, "/api/v1/log", h_log, SB_ACCESS_OPERATOR | SB_SCOPE_ADMIN, NULL},
     {SB_GET, "/api/v1/agents", sb_api_agents, READ_CUSTOMERS, NULL},
     {SB_PUT, "/api/v1/agents/{}/presence", sb_api_presence,
      SB_ACCESS_AGENT | SB_SCOPE_ADMIN, NULL},
