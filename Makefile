@@ -31,7 +31,8 @@ endif
 WARN := -Wall -Wextra -Wpedantic -Werror -Wno-unused-parameter \
         -Wno-overlength-strings
 CFLAGS := -std=c11 -D_GNU_SOURCE $(OPT) \
-          -DSB_WWW_DIR='"$(PREFIX)/share/switchboard/www"' $(WARN) -Isrc -I$(B)/gen \
+          -DSB_WWW_DIR='"$(PREFIX)/share/switchboard/www"' \
+          -DSB_CHAT_DIR='"$(PREFIX)/share/switchboard/chat"' $(WARN) -Isrc -I$(B)/gen \
           $(PKG_CFLAGS) -MMD -MP
 LDFLAGS := $(OPT)
 LDLIBS := $(PKG_LIBS) -lm
@@ -103,6 +104,8 @@ install: all
 	install -m 0755 build/switchboard build/sbctl $(DESTDIR)$(PREFIX)/bin/
 	install -d $(DESTDIR)$(PREFIX)/share/switchboard/www
 	install -m 0644 src/www/* $(DESTDIR)$(PREFIX)/share/switchboard/www/
+	install -d $(DESTDIR)$(PREFIX)/share/switchboard/chat
+	install -m 0644 channels/webchat/www/* $(DESTDIR)$(PREFIX)/share/switchboard/chat/
 	install -d $(DESTDIR)/etc/switchboard
 	install -m 0640 config/switchboard.conf $(DESTDIR)/etc/switchboard/switchboard.conf.example
 	install -d $(DESTDIR)/lib/systemd/system $(DESTDIR)/usr/lib/sysusers.d $(DESTDIR)/usr/lib/tmpfiles.d

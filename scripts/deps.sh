@@ -11,7 +11,8 @@ libsodium-dev libsystemd-dev libinih-dev
 redis-server redis-tools curl
 libcmocka-dev valgrind libclang-rt-14-dev
 prometheus systemd
-wrk nginx-light"
+wrk nginx-light
+chromium fonts-dejavu-core"
 
 missing=""
 for p in $PKGS; do
@@ -19,6 +20,13 @@ for p in $PKGS; do
         missing="$missing $p"
     fi
 done
+
+# The browser tests need node (>= 20) and npm. The machines we run on bring
+# Node.js 20 with its npm; only where there is no node at all do we take
+# Debian's (18 on Debian 12: tests/run-all.sh then skips the browser tests).
+if ! command -v node >/dev/null 2>&1; then
+    missing="$missing nodejs npm"
+fi
 
 if [ -z "$missing" ]; then
     exit 0

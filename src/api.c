@@ -680,6 +680,8 @@ static const struct sb_route routes[] = {
      SB_ACCESS_AGENT | SB_SCOPE_ADMIN, NULL},
     {SB_POST, "/api/v1/conversations/{}/resolve", sb_api_resolve,
      SB_ACCESS_AGENT | SB_SCOPE_ADMIN, NULL},
+    {SB_POST, "/api/v1/conversations/{}/messages", sb_api_reply,
+     SB_ACCESS_AGENT, NULL},
     {SB_POST, "/api/v1/conversations/{}/notes", sb_api_note,
      SB_ACCESS_AGENT | SB_SCOPE_ADMIN, NULL},
     {SB_GET, "/api/v1/queues", sb_api_queues, READ_CUSTOMERS, NULL},

@@ -26,6 +26,7 @@ void sb_api_assign(struct sb_http_req *req);
 void sb_api_transfer(struct sb_http_req *req);
 void sb_api_resolve(struct sb_http_req *req);
 void sb_api_note(struct sb_http_req *req);
+void sb_api_reply(struct sb_http_req *req);
 
 /* Hand an inbound conversation contact (chat, email, sms) to the router;
  * logs a failure, never blocks the caller's answer. */

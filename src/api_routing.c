@@ -16,6 +16,7 @@
 #include "auth.h"
 #include "json.h"
 #include "log.h"
+#include "outbound.h"
 #include "router.h"
 #include "store.h"
 
@@ -354,6 +355,50 @@ void sb_api_note(struct sb_http_req *req)
     in.text_len = strlen(text);
     in.agent = req->who.name;
     if (sb_contact_ingest(&in, on_note, req) < 0)
+        unavailable(req);
+    json_decref(j);
+}
+
+/* ---- replies ---------------------------------------------------------------- */
+
+static void on_reply(enum sb_store_status st, json_t *result,
+                     const char *err, void *arg)
+{
+    struct sb_http_req *req = arg;
+
+    if (st == SB_STORE_OK) {
+        sb_http_respond_json(req, 201, result);
+        json_decref(result);
+        return;
+    }
+    on_result(st, result, err, req);
+}
+
+/* An agent's reply through the conversation's channel (or the customer's
+ * next reachable one): only the agent holding it, or a supervisor. */
+void sb_api_reply(struct sb_http_req *req)
+{
+    static const char *const fields[] = {"text", "client_id", NULL};
+    struct sb_json_err e = {{0}, {0}};
+    const char *text = NULL, *cid = NULL;
+    json_t *j = body_object(req, fields, 0);
+
+    if (!j)
+        return;
+    if (sb_json_get_str(j, "text", 1, 16384, 1, &text, &e) < 0 ||
+        sb_json_get_str(j, "client_id", 0, 64, 0, &cid, &e) < 0) {
+        sb_http_respond_error(req, 400, e.error, e.field);
+        json_decref(j);
+        return;
+    }
+    if (req->who.kind != SB_PRINCIPAL_USER) {
+        sb_http_respond_error(req, 403, "replies come from agents", NULL);
+        json_decref(j);
+        return;
+    }
+    if (sb_outbound_reply(req->params[0], req->who.name,
+                          sb_auth_display_name(req->who.name), text, cid,
+                          on_reply, req) < 0)
         unavailable(req);
     json_decref(j);
 }

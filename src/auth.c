@@ -194,6 +194,14 @@ static const struct sb_user_conf *user_find(const char *name, int *role)
     return NULL;
 }
 
+const char *sb_auth_display_name(const char *user)
+{
+    int role = 0;
+    const struct sb_user_conf *u = user_find(user, &role);
+
+    return u && u->display_name && *u->display_name ? u->display_name : user;
+}
+
 static int apikey_lookup(const char *key, struct sb_principal *who)
 {
     char id[40], hash[SB_HASH_HEX_LEN + 1];

@@ -79,4 +79,8 @@ void sb_auth_me(struct sb_http_req *req);
 
 const char *sb_role_name(int role);
 
+/* A user's display name from config (borrowed until the next reload), or
+ * the name itself. */
+const char *sb_auth_display_name(const char *user);
+
 #endif

@@ -13,6 +13,7 @@
 #include "http.h"
 #include "normalize.h"
 #include "redis.h"
+#include "outbound.h"
 #include "router.h"
 
 static const char *const levels[] = {"err", "warning", "notice", "info",
@@ -83,6 +84,7 @@ static const struct sb_conf_section *const core_sections[] = {
     &sb_queue_conf_section,
     &sb_agent_conf_section,
     &sb_rule_conf_section,
+    &sb_channels_conf_section,
 };
 
 const struct sb_conf_section *const *sb_core_sections(void)

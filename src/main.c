@@ -29,11 +29,13 @@
 #include "httpc.h"
 #include "log.h"
 #include "metrics.h"
+#include "outbound.h"
 #include "redis.h"
 #include "router.h"
 #include "static.h"
 #include "store.h"
 #include "worker.h"
+#include "ws.h"
 
 #define MAIN_PLACE "core.main"
 
@@ -119,7 +121,10 @@ static void shutdown_now(void)
 
 static void on_drain_tick(uv_timer_t *t)
 {
-    if (sb_http_inflight() == 0 && sb_worker_inflight() == 0) {
+    /* WebSocket clients got 1001 at drain start; wait for their close
+     * handshakes too (bounded by the deadline below). */
+    if (sb_http_inflight() == 0 && sb_worker_inflight() == 0 &&
+        sb_ws_count() == 0) {
         shutdown_now();
         return;
     }
@@ -188,6 +193,7 @@ static void apply_config(const struct sb_config *c)
     sb_redis_reconfigure(M.redis, sb_config_get(c, "redis"));
     sb_auth_config(c);
     sb_api_config(c);
+    sb_outbound_config(c);
 }
 
 static void on_hup(uv_signal_t *s, int signum)

@@ -4,9 +4,11 @@
 #
 #   1. unit tests (build/asan/tests/test_*) via tests/run-unit.sh
 #   2. the integration suite (tests/integration/run.py) on build/asan
-#   3. the valgrind cycle on the plain build/switchboard
-#   4. tests/systemd/check.sh, when present
-#   5. a short fuzz smoke run (tests/fuzz/build.sh), when present and clang
+#   3. the browser tests (tests/browser/run.sh: Debian's chromium driven by
+#      playwright-core) on build/asan, when node >= 20 and chromium are there
+#   4. the valgrind cycle on the plain build/switchboard
+#   5. tests/systemd/check.sh, when present
+#   6. a short fuzz smoke run (tests/fuzz/build.sh), when present and clang
 #      is installed
 #
 # Every stage has a time limit; a final summary lists each stage's result.
@@ -16,7 +18,7 @@ cd "$(dirname "$0")/.." || exit 1
 
 PY=/usr/bin/python3
 [ -x "$PY" ] || PY=python3
-: "${STAGES:=unit integration valgrind systemd fuzz}"
+: "${STAGES:=unit integration browser valgrind systemd fuzz}"
 
 results=""
 failed=0
@@ -77,6 +79,20 @@ fi
 if want integration; then
     stage integration 1200 env SB_BIN=build/asan/switchboard \
         "$PY" tests/integration/run.py
+fi
+
+if want browser; then
+    chromium=${CHROMIUM:-/usr/bin/chromium}
+    if ! command -v node >/dev/null 2>&1; then
+        skip browser "node not installed (scripts/deps.sh installs it)"
+    elif [ ! -x "$chromium" ]; then
+        skip browser "$chromium not installed (scripts/deps.sh installs it)"
+    elif [ "$(node -p 'process.versions.node.split(".")[0]')" -lt 20 ]; then
+        skip browser "node $(node --version) is older than 20"
+    else
+        stage browser 600 env SB_BIN=build/asan/switchboard \
+            SB_BROWSER_TIMEOUT=570 sh tests/browser/run.sh
+    fi
 fi
 
 if want valgrind; then

@@ -1165,7 +1165,6 @@ static void chat_ws_message(struct sb_ws_conn *wc, const char *data,
 
 /* ---- outbound: send() ---------------------------------------------------- */
 
-static void on_kick(uv_timer_t *t);
 
 /* Complete the sends queued before this turn (those queued from a
  * completion callback wait for the next one). */

@@ -10,6 +10,7 @@
 --   ("" continue-or-open, "none", "new", "cv_<n>"), 10 subject, 11 text,
 --   12 source id, 13 provider id, 14 agent, 15 fields (JSON object or ""),
 --   16 ts (ms, "0" = now), 17 identity count n, then n pairs type, value.
+-- Publishes {"type":"contact",...} on P..'events' (see docs/routing.md).
 -- "" means absent throughout.
 -- Returns {contact id, customer id, conversation id or "", duplicate,
 --   new customer, new conversation, merge proposed}.
@@ -260,6 +261,17 @@ local function main()
         redis.call('SET', srckey, cid, 'EX', window)
     end
     redis.call('INCR', P .. 'stats:contacts:' .. channel)
+    -- Live screens (the agent console on any instance) learn of the
+    -- contact; the agent holding the conversation is named so a console
+    -- need not look it up.
+    local holder = ''
+    if conv then
+        holder = redis.call('HGET', P .. 'conv:' .. conv, 'agent') or ''
+    end
+    redis.call('PUBLISH', P .. 'events', cjson.encode({
+        type = 'contact', id = cid, customer = cust,
+        conversation = conv or '', channel = channel, direction = direction,
+        kind = ctype, agent = holder, at = now }))
     return { cid, cust, conv or '', 0, new_customer, new_conv, proposed }
 end
 
