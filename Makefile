@@ -103,7 +103,7 @@ install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/switchboard
 	install -m 0755 build/switchboard build/sbctl $(DESTDIR)$(PREFIX)/bin/
 	install -d $(DESTDIR)$(PREFIX)/share/switchboard/www
-	install -m 0644 src/www/* $(DESTDIR)$(PREFIX)/share/switchboard/www/
+	cp -R src/www/. $(DESTDIR)$(PREFIX)/share/switchboard/www/
 	install -d $(DESTDIR)$(PREFIX)/share/switchboard/chat
 	install -m 0644 channels/webchat/www/* $(DESTDIR)$(PREFIX)/share/switchboard/chat/
 	install -d $(DESTDIR)/etc/switchboard

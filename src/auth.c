@@ -324,6 +324,56 @@ static void on_session(redisReply *reply, const char *err, void *arg)
     next(req);
 }
 
+/* ---- session tokens outside HTTP (the console's WebSocket) ---------- */
+
+struct token_ctx {
+    sb_auth_token_cb *cb;
+    void *arg;
+};
+
+static void on_token(redisReply *reply, const char *err, void *arg)
+{
+    struct token_ctx *t = arg;
+    int role = 0;
+
+    if (!reply || reply->type == REDIS_REPLY_ERROR)
+        t->cb(-1, NULL, 0, t->arg);
+    else if (reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
+             reply->element[0]->type != REDIS_REPLY_STRING ||
+             !user_find(reply->element[0]->str, &role) || role == 0)
+        t->cb(1, NULL, 0, t->arg);
+    else
+        t->cb(0, reply->element[0]->str, role, t->arg);
+    free(t);
+}
+
+int sb_auth_token(const char *token, sb_auth_token_cb *cb, void *arg)
+{
+    const struct sb_auth_conf *ac = sb_config_get(A.conf, "auth");
+    char hash[SB_HASH_HEX_LEN + 1], key[128], now[24], idle[24];
+    const char *argv[3];
+    struct token_ctx *t;
+
+    if (!token || strlen(token) != SB_TOKEN_LEN)
+        return 1;
+    sb_sha256_hex(token, strlen(token), hash);
+    session_key(hash, key, sizeof(key));
+    snprintf(now, sizeof(now), "%lld", (long long)sb_now_ms());
+    snprintf(idle, sizeof(idle), "%lld", ac->session_idle);
+    argv[0] = key;
+    argv[1] = now;
+    argv[2] = idle;
+    t = sb_malloc(sizeof(*t));
+    t->cb = cb;
+    t->arg = arg;
+    if (sb_redis_script(A.redis, "auth_session", on_token, t, 1, 3, argv,
+                        NULL) < 0) {
+        free(t);
+        return -1;
+    }
+    return 0;
+}
+
 void sb_auth_check(struct sb_http_req *req, sb_http_handler *next)
 {
     const char *tok = bearer(req);

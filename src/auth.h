@@ -79,6 +79,15 @@ void sb_auth_me(struct sb_http_req *req);
 
 const char *sb_role_name(int role);
 
+/* Check a session token outside HTTP (the console's first message).
+ * Returns 0 when accepted: cb fires once with status 0 (valid: user and
+ * role, borrowed for the call), 1 (invalid or expired) or -1 (Redis
+ * unavailable). Returns 1 for a malformed token and -1 when refused; no
+ * callback then. The session's idle expiry is renewed as for HTTP. */
+typedef void sb_auth_token_cb(int status, const char *user, int role,
+                              void *arg);
+int sb_auth_token(const char *token, sb_auth_token_cb *cb, void *arg);
+
 /* A user's display name from config (borrowed until the next reload), or
  * the name itself. */
 const char *sb_auth_display_name(const char *user);

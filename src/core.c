@@ -10,6 +10,7 @@
 
 #include "auth.h"
 #include "channel.h"
+#include "console.h"
 #include "http.h"
 #include "normalize.h"
 #include "redis.h"
@@ -85,6 +86,7 @@ static const struct sb_conf_section *const core_sections[] = {
     &sb_agent_conf_section,
     &sb_rule_conf_section,
     &sb_channels_conf_section,
+    &sb_console_conf_section,
 };
 
 const struct sb_conf_section *const *sb_core_sections(void)

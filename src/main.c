@@ -23,8 +23,10 @@
 #include "auth.h"
 #include "channel.h"
 #include "config.h"
+#include "console.h"
 #include "core.h"
 #include "crypto.h"
+#include "events.h"
 #include "http.h"
 #include "httpc.h"
 #include "log.h"
@@ -112,9 +114,11 @@ static void shutdown_now(void)
     close_handle((uv_handle_t *)&M.drain);
     close_handle((uv_handle_t *)&M.route_tick);
     sb_http_stop();
+    sb_console_stop();
     sb_channels_stop();
     sb_worker_shutdown();
     sb_httpc_shutdown();
+    sb_events_stop();
     sb_redis_close(M.redis);
     M.redis = NULL;
 }
@@ -187,8 +191,16 @@ static void apply_config(const struct sb_config *c)
 
     sb_log_level = sb_core_log_level(cc);
     sb_store_set_dedupe_window(cc->dedupe_window / 1000);
-    sb_static_load(((const struct sb_http_conf *)sb_config_get(c, "http"))
-                       ->www_dir);
+    {
+        const char *www =
+            ((const struct sb_http_conf *)sb_config_get(c, "http"))->www_dir;
+        char dir[4200];
+        sb_static_load(www);
+        snprintf(dir, sizeof(dir), "%s/console", www);
+        sb_static_mount("console", dir);
+        snprintf(dir, sizeof(dir), "%s/dashboard", www);
+        sb_static_mount("dashboard", dir);
+    }
     sb_http_reconfigure(c);
     sb_redis_reconfigure(M.redis, sb_config_get(c, "redis"));
     sb_auth_config(c);
@@ -312,6 +324,7 @@ static int run(void)
     sb_store_init(M.redis, rc->prefix);
     sb_auth_init(M.redis, rc->prefix);
     sb_router_init(M.redis, rc->prefix);
+    sb_events_start(&M.loop, rc, rc->prefix);
     sb_api_init(M.redis, is_ready);
     apply_config(M.conf);
     {
@@ -339,6 +352,7 @@ static int run(void)
                        M.watchdog_usec / 2000 ? M.watchdog_usec / 2000 : 1);
 
     if (sb_channels_start(&M.loop, M.conf) < 0 ||
+        sb_console_init(&M.loop, M.redis, M.conf) < 0 ||
         sb_http_start(&M.loop, M.conf, sb_api_routes()) < 0) {
         shutdown_now();
         r = 1;
