@@ -18,6 +18,7 @@
 
 local P = ARGV[1]
 local MAX_HOPS = 8
+local REOPEN_MS = 7 * 24 * 3600 * 1000 -- resolved this recently: reopen
 
 local function fail(kind, msg)
     error({sb = kind .. ' ' .. msg}, 0)
@@ -226,6 +227,22 @@ local function main()
         if open then
             local st = redis.call('HGET', P .. 'conv:' .. open, 'state')
             if st and st ~= 'resolved' then conv = open end
+        end
+        -- A customer writing again soon after a resolution continues that
+        -- conversation (the router reopens it) instead of starting anew.
+        if not conv and direction == 'in' then
+            local last = redis.call('ZREVRANGE',
+                P .. 'cust:' .. cust .. ':convs', 0, 0)[1]
+            if last then
+                local c = redis.call('HMGET', P .. 'conv:' .. last,
+                    'channel', 'state', 'resolved')
+                if c[1] == channel and c[2] == 'resolved' and c[3] and
+                    c[3] ~= '' and now - tonumber(c[3]) < REOPEN_MS then
+                    conv = last
+                    redis.call('HSET', P .. 'cust:' .. cust .. ':open',
+                        channel, conv)
+                end
+            end
         end
     end
     if not conv and conv_arg ~= 'none' then
