@@ -79,6 +79,7 @@ local function propose(a, b, ident, at)
 end
 
 local IDENT_TYPES = { email = true, phone = true, chat = true }
+local ROUTED_CHANNELS = { chat = true, email = true, sms = true }
 local DIRECTIONS = { ['in'] = true, out = true, internal = true }
 
 local function main()
@@ -278,6 +279,15 @@ local function main()
         redis.call('SET', srckey, cid, 'EX', window)
     end
     redis.call('INCR', P .. 'stats:contacts:' .. channel)
+    -- Conversations that need an agent are marked until the router has
+    -- taken them (router.route clears the mark; its tick routes marks
+    -- left behind by a caller that failed to call it).
+    if conv and direction == 'in' and ROUTED_CHANNELS[channel] then
+        local st = redis.call('HGET', P .. 'conv:' .. conv, 'state')
+        if st == 'new' or st == 'resolved' then
+            redis.call('ZADD', P .. 'rt:unrouted', 'NX', now, conv)
+        end
+    end
     -- Live screens (the agent console on any instance) learn of the
     -- contact; the agent holding the conversation is named so a console
     -- need not look it up.

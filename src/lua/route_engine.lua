@@ -30,6 +30,7 @@ local BAND = 17592186044416 -- 2^44: score = band * BAND + arrival seq
 local MAX_DECISIONS = 200   -- offers/assignments made by one call
 local SCAN = 100            -- waiting conversations looked at per queue
 local EXPIRE_BATCH = 200    -- offers / max waits expired per tick
+local UNROUTED_GRACE = 2000 -- ms before tick routes what its caller did not
 
 local function fail(kind, msg)
     error({sb = kind .. ' ' .. msg}, 0)
@@ -807,6 +808,7 @@ local function op_route(reopening)
         fail('CONFLICT', 'conversation is not resolved')
     end
     if CFG.dq == '' then return snapshot(c, false) end
+    redis.call('ZREM', P .. 'rt:unrouted', c.id)
     if c.state ~= 'new' and c.state ~= 'resolved' then
         return snapshot(c)
     end
@@ -999,6 +1001,21 @@ local function op_tick()
         if c and c.state == 'queued' and c.queue ~= '' then
             overflow(c)
             overflows = overflows + 1
+        end
+    end
+    -- Conversations ingest marked as needing an agent that nobody routed
+    -- (the caller crashed or Redis failed between ingest and route).
+    if CFG.dq ~= '' then
+        due = redis.call('ZRANGEBYSCORE', P .. 'rt:unrouted', '-inf',
+            S(NOW - UNROUTED_GRACE), 'LIMIT', 0, EXPIRE_BATCH)
+        if #due == EXPIRE_BATCH then MORE = true end
+        for _, id in ipairs(due) do
+            redis.call('ZREM', P .. 'rt:unrouted', id)
+            local c = conv(id)
+            if c and (c.state == 'new' or c.state == 'resolved') then
+                if c.state == 'resolved' then reopen(c) end
+                route(c)
+            end
         end
     end
     -- Queues gone from the config: their waiting conversations go to the

@@ -718,6 +718,33 @@ static void test_unconfigured(void **state)
 
 /* ---- strategies ---------------------------------------------------------- */
 
+
+/* A conversation ingest marked as needing an agent, that nobody routed
+ * (the caller died between ingest and route), is routed by the tick once
+ * it is older than the grace; one routed normally is not routed twice. */
+static void test_unrouted_swept(void **state)
+{
+    struct t_conv lost, fine;
+    json_t *t;
+
+    SB_UNUSED(state);
+    t_config("[routing]\ncapacity = 5\n[queue sales]\nmembers = alice\n");
+    t_online("alice");
+    lost = t_chat();
+    fine = t_chat();
+    t_ok(OP_ROUTE, fine.id, NULL);
+    assert_string_equal(t_conv_field(&lost, "state"), "new");
+    t = t_tick(sb_now_ms() + 60000);
+    json_decref(t);
+    assert_string_equal(t_conv_field(&lost, "state"), "queued");
+    assert_string_equal(t_conv_field(&lost, "queue"), "sales");
+    {
+        const char *a = t_actions(&fine), *q = strstr(a, "queued");
+        assert_non_null(q);
+        assert_null(strstr(q + 1, "queued")); /* routed once, not twice */
+    }
+}
+
 static void test_round_robin(void **state)
 {
     static const char *const want[] = {"alice", "bob", "carol", "alice", "bob"};
@@ -1702,6 +1729,7 @@ int main(void)
         T(test_config_checks),
         T(test_unconfigured),
         T(test_round_robin),
+        T(test_unrouted_swept),
         T(test_least_busy),
         T(test_longest_idle),
         T(test_ring_all),
