@@ -198,7 +198,7 @@ static int call(const char *method, const char *path, const char *body,
     return EX_OK;
 }
 
-/* ---- text: UTF-8, cells, times --------------------------------------------- */
+/* ---- text: UTF-8, cells, times ------------------------------------------- */
 
 /* Length of the valid UTF-8 sequence at p, 0 if invalid. */
 static size_t u8_len(const unsigned char *p)
@@ -370,7 +370,7 @@ static void fmt_local(long long at, const char *fmt, char *out, size_t n)
         snprintf(out, n, "-");
 }
 
-/* ---- tables ---------------------------------------------------------------- */
+/* ---- tables -------------------------------------------------------------- */
 
 #define CT_COLS_MAX 12
 
@@ -452,7 +452,7 @@ static void tbl_print(struct ct_table *t)
     t->rows = t->alloc = 0;
 }
 
-/* ---- commands: arguments ------------------------------------------------ */
+/* ---- commands: arguments ------------------------------------------------- */
 
 enum {
     OPT_STATE = 1 << 0,
@@ -480,7 +480,7 @@ struct ct_cmd {
     int (*run)(struct ct_args *a);
 };
 
-/* ---- login and status ------------------------------------------------------- */
+/* ---- login and status ---------------------------------------------------- */
 
 static char *token_path(void)
 {
@@ -669,7 +669,7 @@ static int cmd_status(struct ct_args *a)
     return st == 200 ? EX_OK : EX_REFUSED;
 }
 
-/* ---- plain views (JSON for people too) ---------------------------------------- */
+/* ---- plain views (JSON for people too) ----------------------------------- */
 
 static int show_json(const char *path)
 {
@@ -725,7 +725,7 @@ static int cmd_find(struct ct_args *a)
     return r;
 }
 
-/* ---- tables of the routing state ------------------------------------------ */
+/* ---- tables of the routing state ----------------------------------------- */
 
 static int cmd_queues(struct ct_args *a)
 {
@@ -999,7 +999,7 @@ static int cmd_timeline(struct ct_args *a)
     return EX_OK;
 }
 
-/* ---- tail ----------------------------------------------------------------- */
+/* ---- tail ---------------------------------------------------------------- */
 
 static void on_stop_signal(int sig)
 {
@@ -1156,7 +1156,7 @@ static int cmd_tail(struct ct_args *a)
     return r;
 }
 
-/* ---- actions --------------------------------------------------------------- */
+/* ---- actions ------------------------------------------------------------- */
 
 /* Say what a step left the conversation as. */
 static void say_conv(json_t *c)
@@ -1286,7 +1286,7 @@ static int cmd_presence(struct ct_args *a)
     return r;
 }
 
-/* ---- the command table, usage, main ---------------------------------------- */
+/* ---- the command table, usage, main -------------------------------------- */
 
 static const struct ct_cmd CMDS[] = {
     {"login", "USER", "read the password on stdin, save a token",
