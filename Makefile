@@ -40,7 +40,7 @@ LDLIBS := $(PKG_LIBS) -lm
 CORE_SRC := $(filter-out src/main.c src/sbctl.c,$(wildcard src/*.c)) \
             $(wildcard channels/*/*.c)
 CORE_OBJ := $(patsubst %.c,$(B)/obj/%.o,$(CORE_SRC))
-LUA_SRC := $(sort $(wildcard src/lua/*.lua))
+LUA_SRC := $(sort $(wildcard src/lua/lib/*.lua)) $(sort $(wildcard src/lua/*.lua))
 GEN_LUA := $(B)/gen/lua_scripts.c
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(patsubst tests/unit/%.c,$(B)/tests/%,$(UNIT_SRC))

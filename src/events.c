@@ -14,6 +14,7 @@ static struct {
     } listeners[8];
     size_t n;
     struct sb_redis *sub;
+    struct sb_redis *pub; /* for sb_events_publish(NULL, ...) */
     char channel[80];
     struct sb_metric *m_events;
 } E;
@@ -58,6 +59,7 @@ void sb_events_start(uv_loop_t *loop, const struct sb_redis_conf *conf,
                                    "Live events received from Redis pub/sub",
                                    "type");
     E.sub = sb_redis_subscriber(loop, conf, "events", chans, on_message, NULL);
+    E.pub = sb_redis_new(loop, conf, "events-pub");
 }
 
 static void on_published(redisReply *reply, const char *err, void *arg)
@@ -68,13 +70,16 @@ static void on_published(redisReply *reply, const char *err, void *arg)
 
 int sb_events_publish(struct sb_redis *r, const json_t *ev)
 {
-    char *s = json_dumps(ev, JSON_COMPACT);
-    const char *argv[3] = {"PUBLISH", E.channel, s};
+    char *s;
+    const char *argv[3] = {"PUBLISH", E.channel, NULL};
     size_t lens[3];
     int rc;
 
-    if (!s)
+    if (!r)
+        r = E.pub;
+    if (!r || !(s = json_dumps(ev, JSON_COMPACT)))
         return -1;
+    argv[2] = s;
     lens[0] = 7;
     lens[1] = strlen(E.channel);
     lens[2] = strlen(s);
@@ -87,5 +92,8 @@ void sb_events_stop(void)
 {
     if (E.sub)
         sb_redis_close(E.sub);
+    if (E.pub)
+        sb_redis_close(E.pub);
     E.sub = NULL;
+    E.pub = NULL;
 }

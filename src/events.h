@@ -29,7 +29,9 @@ void sb_events_start(uv_loop_t *loop, const struct sb_redis_conf *conf,
                      const char *prefix);
 
 /* Publish an event of our own (console typing, presence) through a
- * normal connection r. Fire-and-forget: returns -1 when refused. */
+ * normal connection r, or with r NULL through the events module's own
+ * connection (opened by sb_events_start; for callers that hold none,
+ * such as channel drivers). Fire-and-forget: returns -1 when refused. */
 int sb_events_publish(struct sb_redis *r, const json_t *ev);
 
 void sb_events_stop(void);

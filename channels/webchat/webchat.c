@@ -25,16 +25,34 @@
  * given in hello ride along until one message has been stored. The ack
  * goes out only from the store's OK completion; a refusal or an
  * UNAVAILABLE completion gives an "unavailable" error frame and the widget
- * sends the same message again later.
+ * sends the same message again later. After a stored, non-duplicate
+ * message the conversation goes to the router (sb_router_route; a
+ * conversation already queued or assigned is left alone); a routing
+ * failure is logged and never touches the ack.
+ *
+ * Live status. The driver listens to the live events of every instance
+ * (events.h): queued, positions, assigned, resolved and reopened about a
+ * conversation a visitor here has open become "status" frames (queued with
+ * the position, assigned with the agent's display name, resolved), sent
+ * only when what the visitor was told changes; an agent's typing becomes a
+ * "typing" frame. A customer's typing is published (at most once per 2 s
+ * per socket) with the conversation's agent, for the agent console.
  *
  * Outbound (channel.h). send() delivers a "message" frame to every open
  * socket of the visitor named by msg->to (the visitor id, "chat:<visitor
  * id>" or the token itself) or, without a recipient, of the visitor whose
  * open conversation is msg->conversation: OK when at least one socket took
- * it, TEMPFAIL "not connected" when none, PERMFAIL "no recipient" when
- * neither is given. Delivery happens inside send(); the completion always
- * comes from a zero-delay timer (rule 1), and stop() completes the queued
- * ones with CANCELLED.
+ * it, PERMFAIL "no recipient" when neither is given. A visitor with no
+ * socket here may be connected to another instance: the reply is relayed
+ * as a chat_deliver event and completes OK only when an instance confirms
+ * with chat_delivered that a socket took it, TEMPFAIL "not connected" when
+ * nobody did within [chat] remote_wait (or at once when relaying is off or
+ * refused), so the caller falls back to the customer's next channel. A
+ * confirmation lost or later than remote_wait means the customer may get
+ * the reply twice (chat and the fallback): at least once, never claimed
+ * delivered without a socket. Completions always come from a zero-delay
+ * timer or later (rule 1), and stop() completes the pending ones with
+ * CANCELLED.
  *
  * Abuse. Transport violations are ws.c's (close codes 1003, 1007, 1008,
  * 1009, 1001); protocol mistakes (bad JSON, unknown type, message before
@@ -55,13 +73,16 @@
 #include <string.h>
 #include <uv.h>
 
+#include "auth.h"
 #include "channel.h"
 #include "config.h"
 #include "crypto.h"
+#include "events.h"
 #include "json.h"
 #include "log.h"
 #include "metrics.h"
 #include "normalize.h"
+#include "router.h"
 #include "static.h"
 #include "store.h"
 #include "util.h"
@@ -81,6 +102,8 @@
 #define CHAT_PAGE_MAX 2048
 #define CHAT_ERR_WINDOW_MS 60000
 #define CHAT_CUST_SCAN 200       /* customer timeline entries searched */
+#define CHAT_TYPING_MS 2000      /* customer typing passed on per socket */
+#define CHAT_AGENT_MAX 64        /* an agent's user name */
 
 #ifndef SB_CHAT_DIR
 #define SB_CHAT_DIR "/usr/local/share/switchboard/chat"
@@ -101,6 +124,7 @@ struct chat_conf {
     long long history;
     char *default_country;
     char *www_dir;
+    long long remote_wait;
 };
 
 static int chat_conf_check(void *conf, char *err, size_t errlen)
@@ -181,6 +205,10 @@ static const struct sb_conf_key chat_keys[] = {
     {"www_dir", SB_CONF_STR, offsetof(struct chat_conf, www_dir), SB_CHAT_DIR,
      0, 4096, NULL, 0,
      "directory of widget.js and the /chat/ demo page (read at start)"},
+    {"remote_wait", SB_CONF_DURATION, offsetof(struct chat_conf, remote_wait),
+     "2s", 0, 30000, NULL, 0,
+     "how long a reply for a visitor not connected here waits for another "
+     "instance to confirm delivery before it fails over (0: no relay)"},
     {NULL, 0, 0, NULL, 0, 0, NULL, 0, NULL},
 };
 
@@ -208,6 +236,13 @@ struct chat_visitor {
     char customer[48];
     char conversation[48];        /* "" when none is known */
     struct chat_conn *conns;
+    /* What the visitor was last told about the conversation (the live
+     * status), and who holds it. Reset when the conversation changes. */
+    char st[12];                  /* "", queued, assigned, resolved */
+    long long pos;                /* queue position sent, 0 when none */
+    char agent[CHAT_AGENT_MAX];   /* the assigned agent's user name */
+    int agent_known;              /* agent is known (maybe "") */
+    uint64_t seq;                 /* bumped by every routing event */
 };
 
 enum chat_hello {
@@ -226,15 +261,20 @@ struct chat_conn {
     int ids_stored;                /* a message carried email/phone */
     uint64_t *err_ms;              /* ring of error times (max_errors) */
     size_t err_next;
+    uint64_t typing_ms;            /* last customer typing passed on */
 };
 
-/* A send waiting for its completion from the kick timer. */
+/* A send waiting for its completion: in the ready list (the kick timer
+ * completes it) or in the relay list (waiting for another instance to
+ * confirm delivery, until deadline). */
 struct chat_send {
     struct chat_send *next;
     struct sb_outmsg *msg;
     sb_send_done *done;
     enum sb_send_status status;
     const char *reason;
+    char rid[48];                 /* relay id, "" when not relayed */
+    uint64_t deadline;            /* uv_now() ms */
 };
 
 struct chat_state {
@@ -245,17 +285,23 @@ struct chat_state {
     struct chat_conn *conns;
     size_t nconns, nvisitors;
     struct chat_send *ready_head, *ready_tail;
+    struct chat_send *relay_head, *relay_tail;
+    uv_timer_t relay_timer;
+    int closing;                  /* handles still to close at stop */
     size_t pending;
     size_t max_text;
     size_t max_errors;
     int history;
     char *country;
+    uint64_t remote_wait;
+    char instance[24];            /* random name of this process */
+    uint64_t relay_seq;
 };
 
 static struct chat_state *CS;
 static struct sb_ws_proto chat_proto; /* borrowed by ws.c for good */
 static int chat_registered;
-static struct sb_metric *m_msgs, *m_errors;
+static struct sb_metric *m_msgs, *m_errors, *m_relay;
 
 /* ---- small helpers ------------------------------------------------------- */
 
@@ -392,6 +438,9 @@ static void chat_visitor_set_conv(struct chat_visitor *v, const char *conv)
         return;
     chat_conv_unlink(v);
     snprintf(v->conversation, sizeof(v->conversation), "%s", conv);
+    v->st[0] = v->agent[0] = '\0';
+    v->pos = 0;
+    v->agent_known = 0;
     if (!v->conversation[0])
         return;
     b = chat_hash(v->conversation);
@@ -499,20 +548,75 @@ static const char *chat_status_of(const char *state)
     return NULL;
 }
 
-/* {"type":"status", ...} from a conversation object, or NULL. */
+/* {"type":"status", ...} from a conversation object (or a router
+ * result), or NULL: position when queued and known, the agent's display
+ * name when assigned. */
 static json_t *chat_status_frame(json_t *conv)
 {
     const char *st = chat_status_of(
         json_string_value(json_object_get(conv, "state")));
     json_t *pos = json_object_get(conv, "position");
+    const char *agent = json_string_value(json_object_get(conv, "agent"));
     json_t *o;
 
     if (!st)
         return NULL;
     o = json_pack("{s:s, s:s}", "type", "status", "state", st);
-    if (json_is_integer(pos) && strcmp(st, "queued") == 0)
+    if (json_is_integer(pos) && json_integer_value(pos) > 0 &&
+        strcmp(st, "queued") == 0)
         json_object_set(o, "position", pos);
+    if (agent && *agent && strcmp(st, "assigned") == 0)
+        json_object_set_new(o, "name",
+                            json_string(sb_auth_display_name(agent)));
     return o;
+}
+
+/* ---- live status --------------------------------------------------------- */
+
+/* Record what a visitor should now be shown about its conversation and
+ * tell its sockets, only when that changed: state is queued, assigned or
+ * resolved (NULL: nothing known, ignored), pos the queue position (0 when
+ * unknown; queued only), agent the holder's user name (assigned only). */
+static void chat_live_set(struct chat_visitor *v, const char *state,
+                          long long pos, const char *agent)
+{
+    int changed;
+    json_t *o;
+
+    if (!state)
+        return;
+    if (strcmp(state, "queued") != 0 || pos < 0)
+        pos = 0;
+    if (strcmp(state, "assigned") != 0 || !agent ||
+        strlen(agent) >= sizeof(v->agent))
+        agent = "";
+    changed = strcmp(v->st, state) != 0 || v->pos != pos ||
+              strcmp(v->agent, agent) != 0;
+    snprintf(v->st, sizeof(v->st), "%s", state);
+    v->pos = pos;
+    snprintf(v->agent, sizeof(v->agent), "%s", agent);
+    v->agent_known = 1;
+    if (!changed || !v->conns)
+        return;
+    o = json_pack("{s:s, s:s}", "type", "status", "state", v->st);
+    if (v->pos > 0)
+        json_object_set_new(o, "position", json_integer(v->pos));
+    if (v->agent[0])
+        json_object_set_new(o, "name",
+                            json_string(sb_auth_display_name(v->agent)));
+    chat_emit_visitor(v, o, 0);
+}
+
+/* The same from a conversation object or a router result. */
+static void chat_live_from(struct chat_visitor *v, json_t *conv)
+{
+    json_t *pos = json_object_get(conv, "position");
+
+    chat_live_set(v,
+                  chat_status_of(json_string_value(
+                      json_object_get(conv, "state"))),
+                  json_is_integer(pos) ? json_integer_value(pos) : 0,
+                  json_string_value(json_object_get(conv, "agent")));
 }
 
 /* One timeline entry as a history item, or NULL when the visitor does not
@@ -538,7 +642,11 @@ static json_t *chat_history_item(json_t *e, const char *vid)
         if (src && !strncmp(src, vid, vl) && src[vl] == ':')
             json_object_set_new(o, "client_id", json_string(src + vl + 1));
     } else if (!strcmp(type, "message") && !strcmp(dir, "out")) {
+        const char *agent = json_string_value(json_object_get(e, "agent"));
+
         json_object_set_new(o, "from", json_string("agent"));
+        if (!name && agent && *agent)
+            name = sb_auth_display_name(agent);
         if (name)
             json_object_set_new(o, "name", json_string(name));
     } else if (!strcmp(type, "notification") && !strcmp(dir, "out")) {
@@ -561,6 +669,7 @@ struct chat_hello_op {
     char customer[48];
     char conversation[48];
     json_t *status;              /* status frame to follow the welcome */
+    char agent[CHAT_AGENT_MAX];  /* the conversation's agent, "" none */
 };
 
 static void chat_hello_free(struct chat_hello_op *op)
@@ -614,7 +723,16 @@ static void chat_welcome(struct chat_hello_op *op, struct chat_conn *c,
                   "history", history ? history : json_array(), "max_text",
                   (json_int_t)CS->max_text);
     chat_emit(c->id, o);
-    if (op->status) {
+    if (op->status && !v->st[0]) {
+        /* The first news of this conversation here: it becomes the live
+         * state the routing events are compared with. */
+        json_t *pos = json_object_get(op->status, "position");
+        chat_live_set(v,
+                      json_string_value(json_object_get(op->status,
+                                                        "state")),
+                      json_is_integer(pos) ? json_integer_value(pos) : 0,
+                      op->agent);
+    } else if (op->status) {
         chat_emit(c->id, op->status);
         op->status = NULL;
     }
@@ -661,6 +779,40 @@ static void on_hello_history(enum sb_store_status st, json_t *res,
     chat_welcome(op, c, hist);
 }
 
+static void chat_hello_history(struct chat_hello_op *op,
+                               struct chat_conn *c)
+{
+    if (CS->history == 0) {
+        chat_welcome(op, c, NULL);
+        return;
+    }
+    if (sb_timeline_conversation(op->conversation, NULL, CS->history,
+                                 on_hello_history, op) < 0)
+        chat_hello_fail(op, c, SB_STORE_UNAVAILABLE, "refused");
+}
+
+/* The queue position for the welcome's status; without it the status
+ * goes out without a position (the next routing event brings it). */
+static void on_hello_pos(enum sb_store_status st, json_t *res,
+                         const char *err, void *arg)
+{
+    struct chat_hello_op *op = arg;
+    struct chat_conn *c = chat_hello_conn(op);
+    json_t *pos = json_object_get(res, "position");
+    const char *state = chat_status_of(
+        json_string_value(json_object_get(res, "state")));
+
+    if (st == SB_STORE_OK && state && !strcmp(state, "queued") &&
+        json_is_integer(pos) && json_integer_value(pos) > 0)
+        json_object_set(op->status, "position", pos);
+    json_decref(res);
+    if (!c) {
+        chat_hello_free(op);
+        return;
+    }
+    chat_hello_history(op, c);
+}
+
 static void on_hello_conv(enum sb_store_status st, json_t *res,
                           const char *err, void *arg)
 {
@@ -680,14 +832,18 @@ static void on_hello_conv(enum sb_store_status st, json_t *res,
         return;
     }
     op->status = chat_status_frame(res);
+    snprintf(op->agent, sizeof(op->agent), "%s",
+             json_string_value(json_object_get(res, "agent"))
+                 ? json_string_value(json_object_get(res, "agent"))
+                 : "");
     json_decref(res);
-    if (CS->history == 0) {
-        chat_welcome(op, c, NULL);
+    /* A waiting customer is told the place in the queue at once. */
+    if (op->status &&
+        !strcmp(json_string_value(json_object_get(op->status, "state")),
+                "queued") &&
+        sb_router_position(op->conversation, on_hello_pos, op) == 0)
         return;
-    }
-    if (sb_timeline_conversation(op->conversation, NULL, CS->history,
-                                 on_hello_history, op) < 0)
-        chat_hello_fail(op, c, SB_STORE_UNAVAILABLE, "refused");
+    chat_hello_history(op, c);
 }
 
 static void on_hello_timeline(enum sb_store_status st, json_t *res,
@@ -892,37 +1048,98 @@ struct chat_msg_op {
     int64_t at;
 };
 
+/* A lookup of a conversation's state on behalf of a visitor: its
+ * answer is news only when no routing event reached the visitor since
+ * it was asked (seq), as events are never older than the answer. */
 struct chat_status_op {
     char vid[CHAT_VID_LEN + 1];
     char conversation[48];
+    uint64_t seq;
+    int changed;                  /* a new conversation: tell the visitor */
 };
+
+static struct chat_status_op *chat_status_op_new(const char *vid,
+                                                 const char *conv)
+{
+    struct chat_status_op *op = sb_calloc(1, sizeof(*op));
+    struct chat_visitor *v = chat_visitor_find(vid);
+
+    snprintf(op->vid, sizeof(op->vid), "%s", vid);
+    snprintf(op->conversation, sizeof(op->conversation), "%s", conv);
+    op->seq = v ? v->seq : 0;
+    return op;
+}
+
+/* The visitor of op, still on its conversation with no event since. */
+static struct chat_visitor *chat_status_visitor(struct chat_status_op *op)
+{
+    struct chat_visitor *v = CS ? chat_visitor_find(op->vid) : NULL;
+
+    if (!v || strcmp(v->conversation, op->conversation) != 0 ||
+        v->seq != op->seq)
+        return NULL;
+    return v;
+}
 
 static void on_status_conv(enum sb_store_status st, json_t *res,
                            const char *err, void *arg)
 {
     struct chat_status_op *op = arg;
-    struct chat_visitor *v;
-    json_t *f;
+    struct chat_visitor *v = chat_status_visitor(op);
 
-    if (CS && st == SB_STORE_OK &&
-        (v = chat_visitor_find(op->vid)) != NULL &&
-        strcmp(v->conversation, op->conversation) == 0 &&
-        (f = chat_status_frame(res)) != NULL)
-        chat_emit_visitor(v, f, 0);
+    if (v && st == SB_STORE_OK)
+        chat_live_from(v, res);
     json_decref(res);
     free(op);
 }
 
 /* Tell the visitor's sockets the state of its (new) conversation. */
-static void chat_push_status(const struct chat_visitor *v)
+static void chat_push_status(const char *vid, const char *conv)
 {
-    struct chat_status_op *op = sb_calloc(1, sizeof(*op));
+    struct chat_status_op *op = chat_status_op_new(vid, conv);
 
-    snprintf(op->vid, sizeof(op->vid), "%s", v->vid);
-    snprintf(op->conversation, sizeof(op->conversation), "%s",
-             v->conversation);
     if (sb_conversation_get(op->conversation, on_status_conv, op) < 0)
         free(op);
+}
+
+/* The router's answer: the conversation as it is now (queued with its
+ * position, or assigned). A failure is logged and the visitor is told the
+ * stored state; the customer's message is stored either way. */
+static void on_routed(enum sb_store_status st, json_t *res, const char *err,
+                      void *arg)
+{
+    struct chat_status_op *op = arg;
+    struct chat_visitor *v = chat_status_visitor(op);
+    char safe[128];
+
+    if (st == SB_STORE_OK) {
+        if (v)
+            chat_live_from(v, res);
+    } else {
+        SB_WARN(CHAT_PLACE, "routing failed conversation=%s status=%d "
+                            "err=\"%s\"",
+                op->conversation, (int)st,
+                sb_log_safe(err ? err : "", safe, sizeof(safe)));
+        if (v && op->changed)
+            chat_push_status(op->vid, op->conversation);
+    }
+    json_decref(res);
+    free(op);
+}
+
+/* Every new customer message goes to the router (safe to repeat: a
+ * conversation already queued or assigned is left alone). */
+static void chat_route(const char *vid, const char *conv, int changed)
+{
+    struct chat_status_op *op = chat_status_op_new(vid, conv);
+
+    op->changed = changed;
+    if (sb_router_route(conv, on_routed, op) == 0)
+        return;
+    SB_WARN(CHAT_PLACE, "routing refused conversation=%s", conv);
+    if (changed)
+        chat_push_status(vid, conv);
+    free(op);
 }
 
 static void on_ingested(enum sb_store_status st,
@@ -959,8 +1176,6 @@ static void on_ingested(enum sb_store_status st,
                                    res->contact_id));
     }
     if (v) {
-        int changed = strcmp(v->conversation, res->conversation_id) != 0;
-
         if (!v->customer[0] || strcmp(v->customer, res->customer_id))
             snprintf(v->customer, sizeof(v->customer), "%s",
                      res->customer_id);
@@ -974,8 +1189,18 @@ static void on_ingested(enum sb_store_status st,
                           "from", "customer", "text", op->text, "at",
                           (json_int_t)op->at),
                 op->conn_id);
-        if (changed && v->conversation[0] && v->conns)
-            chat_push_status(v);
+    }
+    /* Route after the ack, never before: a routing failure is logged and
+     * does not make the stored message fail. A visitor that knows nothing
+     * of the conversation yet is told its state. */
+    if (CS && res->conversation_id[0]) {
+        int untold = v && !v->st[0] &&
+                     strcmp(v->conversation, res->conversation_id) == 0;
+
+        if (!res->duplicate)
+            chat_route(op->vid, res->conversation_id, untold);
+        else if (untold)
+            chat_push_status(op->vid, res->conversation_id);
     }
 done:
     free(op->text);
@@ -1075,6 +1300,65 @@ static void chat_on_message(struct chat_conn *c, json_t *j)
     }
 }
 
+/* ---- customer typing ----------------------------------------------------- */
+
+/* {"type":"typing","from":"customer","conversation","agent"} for the agent
+ * console of whichever instance holds the agent ("" when none is). */
+static void chat_publish_typing(const char *conv, const char *agent)
+{
+    json_t *ev = json_pack("{s:s, s:s, s:s, s:s, s:I}", "type", "typing",
+                           "from", "customer", "conversation", conv, "agent",
+                           agent ? agent : "", "at",
+                           (json_int_t)sb_now_ms());
+
+    if (!ev || sb_events_publish(NULL, ev) < 0)
+        SB_DEBUG(CHAT_PLACE, "typing not published conversation=%s", conv);
+    json_decref(ev);
+}
+
+static void on_typing_conv(enum sb_store_status st, json_t *res,
+                           const char *err, void *arg)
+{
+    struct chat_status_op *op = arg;
+    struct chat_visitor *v = chat_status_visitor(op);
+    const char *state = chat_status_of(
+        json_string_value(json_object_get(res, "state")));
+    const char *agent = json_string_value(json_object_get(res, "agent"));
+
+    if (st == SB_STORE_OK) {
+        if (v)
+            chat_live_from(v, res);
+        chat_publish_typing(op->conversation,
+                            state && !strcmp(state, "assigned") ? agent
+                                                                : NULL);
+    }
+    json_decref(res);
+    free(op);
+}
+
+/* At most one typing event per socket every CHAT_TYPING_MS. The agent is
+ * the one the routing events named; when no event said, the conversation
+ * is read first. */
+static void chat_on_typing(struct chat_conn *c)
+{
+    struct chat_visitor *v = c->v;
+    uint64_t now = sb_mono_ms();
+    struct chat_status_op *op;
+
+    if (c->hello != CHAT_HELLO_DONE || !v || !v->conversation[0])
+        return;
+    if (c->typing_ms && now - c->typing_ms < CHAT_TYPING_MS)
+        return;
+    c->typing_ms = now ? now : 1;
+    if (v->agent_known) {
+        chat_publish_typing(v->conversation, v->agent);
+        return;
+    }
+    op = chat_status_op_new(v->vid, v->conversation);
+    if (sb_conversation_get(op->conversation, on_typing_conv, op) < 0)
+        free(op);
+}
+
 /* ---- the WebSocket endpoint ---------------------------------------------- */
 
 static int chat_ws_open(struct sb_ws_conn *wc)
@@ -1154,7 +1438,9 @@ static void chat_ws_message(struct sb_ws_conn *wc, const char *data,
         chat_on_message(c, j);
     else if (!strcmp(type, "profile"))
         chat_on_profile(c, j);
-    else if (!strcmp(type, "typing") || !strcmp(type, "read"))
+    else if (!strcmp(type, "typing"))
+        chat_on_typing(c);
+    else if (!strcmp(type, "read"))
         ; /* accepted; no consumer on the agent side yet */
     else if (!strcmp(type, "ping"))
         chat_emit(c->id, json_pack("{s:s}", "type", "pong"));
@@ -1210,6 +1496,99 @@ static struct chat_visitor *chat_recipient(const struct sb_outmsg *msg)
     return NULL;
 }
 
+/* Queue op for its completion on the next turn of the loop. */
+static void chat_ready(struct chat_state *s, struct chat_send *op)
+{
+    op->next = NULL;
+    if (s->ready_tail)
+        s->ready_tail->next = op;
+    else
+        s->ready_head = op;
+    s->ready_tail = op;
+    if (!uv_is_active((uv_handle_t *)&s->kick))
+        uv_timer_start(&s->kick, on_kick, 0, 0);
+}
+
+/* Relayed sends whose time is up: nobody confirmed, TEMPFAIL. */
+static void on_relay_timer(uv_timer_t *t)
+{
+    struct chat_state *s = t->data;
+    uint64_t now = uv_now(s->loop);
+    struct chat_send *op;
+
+    while ((op = s->relay_head) != NULL && op->deadline <= now) {
+        s->relay_head = op->next;
+        if (!s->relay_head)
+            s->relay_tail = NULL;
+        op->status = SB_SEND_TEMPFAIL;
+        op->reason = "not connected";
+        sb_metric_add(m_relay, 1, "timeout");
+        chat_ready(s, op);
+    }
+    if (s->relay_head)
+        uv_timer_start(&s->relay_timer, on_relay_timer,
+                       s->relay_head->deadline - now, 0);
+}
+
+/* Ask the other instances to deliver msg (its visitor has no socket
+ * here): a chat_deliver event, answered with chat_delivered by each
+ * instance that had a socket to put it on. The token never leaves: the
+ * event names the visitor id or the conversation. 0 when op now waits in
+ * the relay list, -1 when it cannot be relayed. */
+static int chat_relay(struct chat_state *s, struct chat_send *op,
+                      const struct sb_outmsg *msg)
+{
+    char vid[CHAT_VID_LEN + 1] = "";
+    const char *to = msg->to;
+    json_t *ev;
+    int rc;
+
+    if (!s->remote_wait)
+        return -1;
+    if (to && *to) {
+        if (!strncmp(to, "chat:", 5))
+            to += 5;
+        if (chat_is_token(to))
+            chat_vid_of(to, vid);
+        else if (chat_is_vid(to))
+            snprintf(vid, sizeof(vid), "%s", to);
+        else
+            return -1;
+    }
+    snprintf(op->rid, sizeof(op->rid), "%s-%llu", s->instance,
+             (unsigned long long)++s->relay_seq);
+    ev = json_pack("{s:s, s:s, s:s, s:s, s:s, s:I}", "type", "chat_deliver",
+                   "id", op->rid, "origin", s->instance, "msg_id",
+                   msg->id ? msg->id : "", "text",
+                   msg->text ? msg->text : "", "at",
+                   (json_int_t)sb_now_ms());
+    if (!ev)
+        return -1;
+    if (vid[0])
+        json_object_set_new(ev, "visitor", json_string(vid));
+    else
+        json_object_set_new(ev, "conversation",
+                            json_string(msg->conversation));
+    if (msg->from && *msg->from)
+        json_object_set_new(ev, "name", json_string(msg->from));
+    rc = sb_events_publish(NULL, ev);
+    json_decref(ev);
+    if (rc < 0) {
+        sb_metric_add(m_relay, 1, "refused");
+        return -1;
+    }
+    op->deadline = uv_now(s->loop) + s->remote_wait;
+    op->next = NULL;
+    if (s->relay_tail)
+        s->relay_tail->next = op;
+    else
+        s->relay_head = op;
+    s->relay_tail = op;
+    if (!uv_is_active((uv_handle_t *)&s->relay_timer))
+        uv_timer_start(&s->relay_timer, on_relay_timer, s->remote_wait, 0);
+    return 0;
+}
+
 static int chat_send(struct sb_channel *ch, struct sb_outmsg *msg,
                      sb_send_done *done)
 {
@@ -1237,25 +1616,180 @@ static int chat_send(struct sb_channel *ch, struct sb_outmsg *msg,
         if (o)
             n = chat_emit_visitor(v, o, 0);
     }
+    s->pending++;
     if (op->reason) {
         /* PERMFAIL set above */
     } else if (n > 0) {
         op->status = SB_SEND_OK;
         op->reason = "delivered";
         sb_metric_add(m_msgs, 1, "out");
+    } else if (chat_relay(s, op, msg) == 0) {
+        return 0; /* completed by chat_delivered or the relay timer */
     } else {
         op->status = SB_SEND_TEMPFAIL;
         op->reason = "not connected";
     }
-    if (s->ready_tail)
-        s->ready_tail->next = op;
-    else
-        s->ready_head = op;
-    s->ready_tail = op;
-    s->pending++;
-    if (!uv_is_active((uv_handle_t *)&s->kick))
-        uv_timer_start(&s->kick, on_kick, 0, 0);
+    chat_ready(s, op);
     return 0;
+}
+
+/* ---- live events from every instance ------------------------------------- */
+
+/* A routing event or an agent's typing about v's conversation. */
+static void chat_ev_visitor(struct chat_visitor *v, const char *type,
+                            const json_t *ev)
+{
+    json_t *pos = json_object_get(ev, "position");
+    const char *agent = json_string_value(json_object_get(ev, "agent"));
+
+    if (!strcmp(type, "queued")) {
+        v->seq++;
+        chat_live_set(v, "queued",
+                      json_is_integer(pos) ? json_integer_value(pos) : 0,
+                      NULL);
+    } else if (!strcmp(type, "assigned")) {
+        v->seq++;
+        chat_live_set(v, "assigned", 0, agent);
+    } else if (!strcmp(type, "resolved")) {
+        v->seq++;
+        chat_live_set(v, "resolved", 0, NULL);
+    } else if (!strcmp(type, "reopened") || !strcmp(type, "offer")) {
+        /* Waiting again (the routing's own queued or assigned follows in
+         * the same step) or offered (to the curator: no queued event). An
+         * offered conversation keeps its place: a visitor already told
+         * "queued" (by the router's answer, say) hears nothing new. */
+        v->seq++;
+        if (strcmp(v->st, "queued") != 0 && strcmp(v->st, "assigned") != 0)
+            chat_live_set(v, "queued", 0, NULL);
+    } else if (!strcmp(type, "typing")) {
+        const char *from = json_string_value(json_object_get(ev, "from"));
+        const char *name = json_string_value(json_object_get(ev, "name"));
+        json_t *o;
+
+        if (!from || strcmp(from, "agent") != 0 || !v->conns)
+            return;
+        if ((!name || !*name) && agent && *agent)
+            name = sb_auth_display_name(agent);
+        o = json_pack("{s:s, s:s}", "type", "typing", "from", "agent");
+        if (name && *name)
+            json_object_set_new(o, "name", json_string(name));
+        chat_emit_visitor(v, o, 0);
+    }
+}
+
+/* positions: the first 50 waiting conversations of a queue, in order. */
+static void chat_ev_positions(const json_t *ev)
+{
+    json_t *list = json_object_get(ev, "conversations");
+    size_t n = json_array_size(list);
+
+    for (size_t i = 0; i < n; i++) {
+        const char *conv = json_string_value(json_array_get(list, i));
+        struct chat_visitor *v;
+
+        if (!conv || !*conv)
+            continue;
+        for (v = CS->by_conv[chat_hash(conv)]; v; v = v->cnext) {
+            if (strcmp(v->conversation, conv) != 0)
+                continue;
+            v->seq++;
+            chat_live_set(v, "queued", (long long)i + 1, NULL);
+        }
+    }
+}
+
+/* Another instance's reply for a visitor that may be connected here. */
+static void chat_ev_deliver(const json_t *ev)
+{
+    const char *rid = json_string_value(json_object_get(ev, "id"));
+    const char *origin = json_string_value(json_object_get(ev, "origin"));
+    const char *vid = json_string_value(json_object_get(ev, "visitor"));
+    const char *conv = json_string_value(json_object_get(ev,
+                                                         "conversation"));
+    const char *name = json_string_value(json_object_get(ev, "name"));
+    const char *text = json_string_value(json_object_get(ev, "text"));
+    const char *mid = json_string_value(json_object_get(ev, "msg_id"));
+    struct chat_visitor *v = NULL;
+    json_t *o;
+    size_t n;
+
+    if (!rid || !origin || !text)
+        return;
+    if (vid && chat_is_vid(vid))
+        v = chat_visitor_find(vid);
+    else if (!vid && conv && *conv)
+        v = chat_visitor_by_conv(conv);
+    if (!v || !v->conns)
+        return;
+    o = json_pack("{s:s, s:s, s:s, s:s, s:I}", "type", "message", "id",
+                  mid ? mid : "", "from", "agent", "text", text, "at",
+                  (json_int_t)sb_now_ms());
+    if (name && *name)
+        json_object_set_new(o, "name", json_string(name));
+    n = o ? chat_emit_visitor(v, o, 0) : 0;
+    if (n == 0)
+        return;
+    sb_metric_add(m_msgs, 1, "out");
+    o = json_pack("{s:s, s:s, s:s, s:s, s:I, s:I}", "type", "chat_delivered",
+                  "id", rid, "origin", origin, "by", CS->instance, "sockets",
+                  (json_int_t)n, "at", (json_int_t)sb_now_ms());
+    if (!o || sb_events_publish(NULL, o) < 0)
+        SB_WARN(CHAT_PLACE, "delivery not confirmed to origin=%s",
+                origin);
+    json_decref(o);
+}
+
+/* The confirmation of one of our relayed sends. */
+static void chat_ev_delivered(const json_t *ev)
+{
+    const char *rid = json_string_value(json_object_get(ev, "id"));
+    const char *origin = json_string_value(json_object_get(ev, "origin"));
+    struct chat_send **pp, *op, *prev = NULL;
+
+    if (!rid || !origin || strcmp(origin, CS->instance) != 0)
+        return;
+    for (pp = &CS->relay_head; (op = *pp) != NULL; pp = &op->next) {
+        if (strcmp(op->rid, rid) == 0)
+            break;
+        prev = op;
+    }
+    if (!op)
+        return; /* timed out already, or confirmed by another instance */
+    *pp = op->next;
+    if (CS->relay_tail == op)
+        CS->relay_tail = prev;
+    op->status = SB_SEND_OK;
+    op->reason = "delivered";
+    sb_metric_add(m_relay, 1, "delivered");
+    chat_ready(CS, op);
+}
+
+static void chat_on_event(const json_t *ev, void *arg)
+{
+    const char *type = json_string_value(json_object_get(ev, "type"));
+    const char *conv = json_string_value(json_object_get(ev,
+                                                         "conversation"));
+    struct chat_visitor *v;
+
+    if (!CS || !type)
+        return;
+    if (!strcmp(type, "positions")) {
+        chat_ev_positions(ev);
+        return;
+    }
+    if (!strcmp(type, "chat_deliver")) {
+        chat_ev_deliver(ev);
+        return;
+    }
+    if (!strcmp(type, "chat_delivered")) {
+        chat_ev_delivered(ev);
+        return;
+    }
+    if (!conv || !*conv)
+        return;
+    for (v = CS->by_conv[chat_hash(conv)]; v; v = v->cnext)
+        if (strcmp(v->conversation, conv) == 0)
+            chat_ev_visitor(v, type, ev);
 }
 
 /* ---- start and stop ------------------------------------------------------ */
@@ -1318,6 +1852,17 @@ static int chat_start(struct sb_channel *ch, uv_loop_t *loop,
                                      "code");
         sb_metric_gauge_fn("sb_chat_sockets", "Chat sockets open",
                            chat_sockets_fn, NULL);
+        m_relay = sb_metric_counter("sb_chat_relay_total",
+                                    "Replies for visitors connected to "
+                                    "another instance, by outcome",
+                                    "result");
+        /* Routing events, agent typing and relayed replies from every
+         * instance; the listener stays for the process' life and does
+         * nothing while the driver is stopped. */
+        if (sb_events_listen(chat_on_event, NULL) < 0) {
+            SB_ERR(CHAT_PLACE, "cannot listen to live events");
+            return -1;
+        }
         chat_registered = 1;
     }
     s = sb_calloc(1, sizeof(*s));
@@ -1326,8 +1871,17 @@ static int chat_start(struct sb_channel *ch, uv_loop_t *loop,
     s->max_errors = (size_t)c->max_errors;
     s->history = (int)c->history;
     s->country = sb_strdup(c->default_country ? c->default_country : "");
+    s->remote_wait = (uint64_t)c->remote_wait;
+    {
+        char tok[SB_TOKEN_LEN + 1];
+
+        sb_token_new(tok);
+        snprintf(s->instance, sizeof(s->instance), "%.16s", tok);
+    }
     uv_timer_init(loop, &s->kick);
     s->kick.data = s;
+    uv_timer_init(loop, &s->relay_timer);
+    s->relay_timer.data = s;
     ch->priv = s;
     CS = s;
     SB_INFO(CHAT_PLACE, "started path=%s dir=%s origins=%s max_message=%lld",
@@ -1337,10 +1891,12 @@ static int chat_start(struct sb_channel *ch, uv_loop_t *loop,
     return 0;
 }
 
-static void on_kick_closed(uv_handle_t *h)
+static void on_timer_closed(uv_handle_t *h)
 {
     struct chat_state *s = h->data;
 
+    if (--s->closing > 0)
+        return;
     free(s->country);
     free(s);
 }
@@ -1358,6 +1914,7 @@ static void chat_stop(struct sb_channel *ch)
         return;
     ch->priv = NULL;
     uv_timer_stop(&s->kick);
+    uv_timer_stop(&s->relay_timer);
     /* Sockets stay with ws.c; they answer 1001 from now on. */
     while ((c = s->conns) != NULL) {
         struct sb_ws_conn *wc = sb_ws_find(c->id);
@@ -1377,8 +1934,17 @@ static void chat_stop(struct sb_channel *ch)
         free(op);
     }
     s->ready_tail = NULL;
+    while ((op = s->relay_head) != NULL) {
+        s->relay_head = op->next;
+        n++;
+        op->done(op->msg, &r);
+        free(op);
+    }
+    s->relay_tail = NULL;
     s->pending = 0;
-    uv_close((uv_handle_t *)&s->kick, on_kick_closed);
+    s->closing = 2;
+    uv_close((uv_handle_t *)&s->kick, on_timer_closed);
+    uv_close((uv_handle_t *)&s->relay_timer, on_timer_closed);
     SB_INFO(CHAT_PLACE, "stopped cancelled=%zu", n);
 }
 

@@ -16,10 +16,8 @@
 -- customer_get.lua returns, for `into`.
 
 local P = ARGV[1]
+local fail = sb_fail -- common.lua
 
-local function fail(kind, msg)
-    error({sb = kind .. ' ' .. msg}, 0)
-end
 
 local function enc_array(t)
     if #t == 0 then return '[]' end
@@ -167,7 +165,4 @@ local function main()
     return { redis.call('HGETALL', ki), redis.call('SMEMBERS', ki .. ':ids') }
 end
 
-local ok, res = pcall(main)
-if ok then return res end
-if type(res) == 'table' and res.sb then return redis.error_reply(res.sb) end
-error(res, 0)
+return sb_run(main)

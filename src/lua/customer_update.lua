@@ -14,21 +14,10 @@
 -- identity belongs to another customer (nothing is written then).
 
 local P = ARGV[1]
-local MAX_HOPS = 8
+local function resolve(id) return sb_resolve(P, id) end -- common.lua
+local fail = sb_fail
 
-local function fail(kind, msg)
-    error({sb = kind .. ' ' .. msg}, 0)
-end
 
-local function resolve(id)
-    for _ = 1, MAX_HOPS do
-        local v = redis.call('HMGET', P .. 'cust:' .. id, 'id', 'merged_into')
-        if not v[1] then return nil end
-        if not v[2] or v[2] == '' then return id end
-        id = v[2]
-    end
-    return nil
-end
 
 -- A decoded JSON array: a table whose keys are exactly 1..n.
 local function is_array(t)
@@ -183,7 +172,4 @@ local function main()
     return { redis.call('HGETALL', key), redis.call('SMEMBERS', key .. ':ids') }
 end
 
-local ok, res = pcall(main)
-if ok then return res end
-if type(res) == 'table' and res.sb then return redis.error_reply(res.sb) end
-error(res, 0)
+return sb_run(main)

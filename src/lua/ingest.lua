@@ -17,12 +17,10 @@
 -- Errors: "INVALID ...", "NOTFOUND ...", "CONFLICT ...".
 
 local P = ARGV[1]
-local MAX_HOPS = 8
+local function resolve(id) return sb_resolve(P, id) end -- common.lua
+local fail = sb_fail
 local REOPEN_MS = 7 * 24 * 3600 * 1000 -- resolved this recently: reopen
 
-local function fail(kind, msg)
-    error({sb = kind .. ' ' .. msg}, 0)
-end
 
 local function check_str(name, v, maxlen, required)
     if required and v == '' then fail('INVALID', name .. ' is required') end
@@ -33,18 +31,6 @@ end
 local function now_ms()
     local t = redis.call('TIME')
     return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-
--- Follow merged_into from a customer id: the surviving id, or nil when the
--- customer does not exist (or the chain is longer than MAX_HOPS).
-local function resolve(id)
-    for _ = 1, MAX_HOPS do
-        local v = redis.call('HMGET', P .. 'cust:' .. id, 'id', 'merged_into')
-        if not v[1] then return nil end
-        if not v[2] or v[2] == '' then return id end
-        id = v[2]
-    end
-    return nil
 end
 
 -- "1700000000000-5" -> "1700000000000005": ms * 1000 + seq (seq clamped to
@@ -302,7 +288,4 @@ local function main()
     return { cid, cust, conv or '', 0, new_customer, new_conv, proposed }
 end
 
-local ok, res = pcall(main)
-if ok then return res end
-if type(res) == 'table' and res.sb then return redis.error_reply(res.sb) end
-error(res, 0)
+return sb_run(main)

@@ -6,17 +6,8 @@
 -- Errors: "NOTFOUND ...".
 
 local P = ARGV[1]
-local MAX_HOPS = 8
+local function resolve(id) return sb_resolve(P, id) end -- common.lua
 
-local function resolve(id)
-    for _ = 1, MAX_HOPS do
-        local v = redis.call('HMGET', P .. 'cust:' .. id, 'id', 'merged_into')
-        if not v[1] then return nil end
-        if not v[2] or v[2] == '' then return id end
-        id = v[2]
-    end
-    return nil
-end
 
 local cust = string.match(ARGV[2], '^cu_%d+$') and resolve(ARGV[2])
 if not cust then return redis.error_reply('NOTFOUND no such customer') end

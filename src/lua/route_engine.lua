@@ -24,48 +24,18 @@ local OP = ARGV[2]
 local NOWS = ARGV[3]
 local NOW
 local CFG
-local NULL = {}
-local ARR = {}
+local NULL, ARR = SB_NULL, SB_ARR -- common.lua
+local fail, arr, enc = sb_fail, sb_arr, sb_enc
 local BAND = 17592186044416 -- 2^44: score = band * BAND + arrival seq
 local MAX_DECISIONS = 200   -- offers/assignments made by one call
 local SCAN = 100            -- waiting conversations looked at per queue
 local EXPIRE_BATCH = 200    -- offers / max waits expired per tick
 local UNROUTED_GRACE = 2000 -- ms before tick routes what its caller did not
 
-local function fail(kind, msg)
-    error({sb = kind .. ' ' .. msg}, 0)
-end
 
 -- ---- JSON out: objects with sorted keys, arrays marked with arr() -----------
 
-local function arr(t)
-    return setmetatable(t or {}, ARR)
-end
 
-local function enc(v)
-    if v == nil or v == NULL then return 'null' end
-    local t = type(v)
-    if t == 'string' then return cjson.encode(v) end
-    if t == 'number' then
-        if v == math.floor(v) and v > -2 ^ 53 and v < 2 ^ 53 then
-            return string.format('%d', v)
-        end
-        return cjson.encode(v)
-    end
-    if t == 'boolean' then return v and 'true' or 'false' end
-    local out = {}
-    if getmetatable(v) == ARR then
-        for i = 1, #v do out[i] = enc(v[i]) end
-        return '[' .. table.concat(out, ',') .. ']'
-    end
-    local keys = {}
-    for k in pairs(v) do keys[#keys + 1] = k end
-    table.sort(keys)
-    for i, k in ipairs(keys) do
-        out[i] = cjson.encode(k) .. ':' .. enc(v[k])
-    end
-    return '{' .. table.concat(out, ',') .. '}'
-end
 
 local function S(n)
     return string.format('%d', n)
@@ -1078,7 +1048,4 @@ local function main()
     return res
 end
 
-local ok, res = pcall(main)
-if ok then return { enc(res), enc(COUNTS) } end
-if type(res) == 'table' and res.sb then return redis.error_reply(res.sb) end
-error(res, 0)
+return sb_run(function() local res = main() return { enc(res), enc(COUNTS) } end)

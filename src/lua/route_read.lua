@@ -15,42 +15,12 @@ local OP = ARGV[2]
 local NOWS = ARGV[3]
 local NOW
 local CFG
-local NULL = {}
-local ARR = {}
+local NULL, ARR = SB_NULL, SB_ARR -- common.lua
+local fail, arr, enc = sb_fail, sb_arr, sb_enc
 local SCAN_MAX = 5000 -- index entries looked at per state for a listing
 
-local function fail(kind, msg)
-    error({sb = kind .. ' ' .. msg}, 0)
-end
 
-local function arr(t)
-    return setmetatable(t or {}, ARR)
-end
 
-local function enc(v)
-    if v == nil or v == NULL then return 'null' end
-    local t = type(v)
-    if t == 'string' then return cjson.encode(v) end
-    if t == 'number' then
-        if v == math.floor(v) and v > -2 ^ 53 and v < 2 ^ 53 then
-            return string.format('%d', v)
-        end
-        return cjson.encode(v)
-    end
-    if t == 'boolean' then return v and 'true' or 'false' end
-    local out = {}
-    if getmetatable(v) == ARR then
-        for i = 1, #v do out[i] = enc(v[i]) end
-        return '[' .. table.concat(out, ',') .. ']'
-    end
-    local keys = {}
-    for k in pairs(v) do keys[#keys + 1] = k end
-    table.sort(keys)
-    for i, k in ipairs(keys) do
-        out[i] = cjson.encode(k) .. ':' .. enc(v[k])
-    end
-    return '{' .. table.concat(out, ',') .. '}'
-end
 
 local function nz(s)
     if s == nil or s == false or s == '' then return NULL end
@@ -300,7 +270,4 @@ local function main()
     return op[1]()
 end
 
-local ok, res = pcall(main)
-if ok then return enc(res) end
-if type(res) == 'table' and res.sb then return redis.error_reply(res.sb) end
-error(res, 0)
+return sb_run(function() return enc(main()) end)

@@ -61,7 +61,7 @@ else
     done
     if [ -f scripts/embed-lua.sh ] && [ -f src/lua_scripts.h ]; then
         set --
-        for f in src/lua/*.lua; do
+        for f in src/lua/lib/*.lua src/lua/*.lua; do
             [ -e "$f" ] && set -- "$@" "$f"
         done
         sh scripts/embed-lua.sh "$@" >"$out/gen/lua_scripts.c.tmp"

@@ -554,3 +554,382 @@ def test_stop_with_open_sockets():
         assert rc == 0, (rc, env.daemon.log_tail())
         assert all(c in (1001, 1006) for c in codes), codes
         print("close codes seen at SIGTERM: %r" % codes)
+
+
+# --------------------------------------------------------------------------
+# Live chat: routing status, agent replies, typing, two instances.
+#
+# The agents act as people would: through the REST API (presence, accept,
+# reply, resolve) with their session tokens, and through a console
+# WebSocket (/console/ws) for typing. The harness' users alice and bob
+# (display names "Alice", "Bob") are the queue's members.
+
+def live_env(capacity="3", extra=None, **kw):
+    """[chat] plus routing: one queue "general" (alice, bob) that offers
+    to one member at a time; offers last long enough not to expire."""
+    more = {
+        "routing": {"default_queue": "general", "offer_timeout": "60s",
+                    "tick": "100ms", "capacity": capacity},
+        "queue general": {"members": "alice, bob",
+                          "strategy": "round_robin"},
+        "agent alice": {"capacity": capacity},
+    }
+    return chat_env(extra, more, **kw)
+
+
+class Agent:
+    """An agent logged in on one daemon port (REST only)."""
+
+    def __init__(self, env, name, port=None):
+        self.name = name
+        self.token = env.login(name)
+        self.http = env.new_client(self.token)
+        if port is not None:
+            self.http.port = port
+
+    def presence(self, state):
+        r = self.http.put("/api/v1/agents/%s/presence" % self.name,
+                          {"state": state})
+        assert r.status == 200, r
+
+    def step(self, conv, what, body=None, expect=200):
+        r = self.http.post("/api/v1/conversations/%s/%s" % (conv, what),
+                           body if body is not None else {})
+        assert r.status == expect, (what, r)
+        return r.json
+
+    def accept(self, conv, limit=5.0):
+        """Accept the pending offer (retried while it is not made yet)."""
+        out = []
+
+        def ok():
+            r = self.http.post("/api/v1/conversations/%s/accept" % conv, {})
+            assert r.status in (200, 409), r
+            out.append(r)
+            return r.status == 200
+        wait_until(ok, limit, 0.1, "offer of %s to %s" % (conv, self.name))
+        return out[-1].json
+
+    def reply(self, conv, text, expect=201):
+        return self.step(conv, "messages", {"text": text}, expect)
+
+    def resolve(self, conv):
+        return self.step(conv, "resolve")
+
+
+def console(port, token):
+    c = WsClient.connect(port, "/console/ws",
+                         protocol="switchboard.agent.v1")
+    c.send_json({"type": "auth", "token": token})
+    c.recv_type("hello")
+    return c
+
+
+def conv_of(env, token, limit=10.0):
+    """The visitor's conversation id (from its customer's timeline)."""
+    cu = customer_of(env, token)
+    out = []
+
+    def found():
+        r = env.client.get("/api/v1/customers/%s/timeline" % cu)
+        for e in r.json.get("entries", []) if r.status == 200 else []:
+            if e.get("conversation"):
+                out.append(e["conversation"])
+                return True
+        return False
+    wait_until(found, limit, what="conversation of the visitor")
+    return out[0]
+
+
+def newest_conv(env, token):
+    """The conversation of the visitor's newest contact."""
+    cu = customer_of(env, token)
+    r = env.client.get("/api/v1/customers/%s/timeline" % cu)
+    assert r.status == 200, r
+    for e in r.json["entries"]:
+        if e.get("conversation") and e.get("channel") == "chat":
+            return e["conversation"]
+    raise AssertionError("no chat conversation: %r" % r.json)
+
+
+def status_of(ws, timeout=10.0):
+    return ws.recv_type("status", timeout)
+
+
+def visitor(env, cid, text, port=None):
+    """A new visitor that wrote one message: (socket, token, conv)."""
+    ws = WsClient.connect(port or env.port, "/chat/ws")
+    token = hello(ws, lang="ru")["token"]
+    send_msg(ws, cid, text)
+    ack_of(ws, cid)
+    return ws, token, conv_of(env, token)
+
+
+def test_live_status_reply_resolve():
+    with live_env() as env:
+        alice = Agent(env, "alice")
+        ws, token, conv = visitor(env, "l1", "Где мой заказ?")
+        # The driver routed it: nobody online, so it waits, first in line.
+        st = status_of(ws)
+        assert st == {"type": "status", "state": "queued", "position": 1}, st
+        r = env.client.get("/api/v1/conversations/" + conv)
+        assert r.status == 200 and r.json["state"] == "queued", r
+        assert r.json["queue"] == "general", r.json
+
+        # A second tab resuming gets the live state with its position.
+        tab = connect(env)
+        w = hello(tab, token=token)
+        assert w["conversation"] == conv, w
+        assert status_of(tab) == st
+
+        alice.presence("online")
+        alice.accept(conv)
+        for s in (ws, tab):
+            st = status_of(s)
+            assert st["state"] == "assigned" and st["name"] == "Alice", st
+
+        rep = alice.reply(conv, "Заказ №42 уже в пути 🚚")
+        assert rep["channel"] == "chat", rep
+        for s in (ws, tab):
+            m = s.recv_type("message")
+            assert m["from"] == "agent" and m["name"] == "Alice", m
+            assert m["text"] == "Заказ №42 уже в пути 🚚", m
+
+        alice.resolve(conv)
+        for s in (ws, tab):
+            st = status_of(s)
+            assert st == {"type": "status", "state": "resolved"}, st
+        # Nothing is said twice: no more status frames.
+        for s in (ws, tab):
+            assert s.no_message(0.5)
+
+        # Writing again reopens it (or opens a new one): routed again.
+        send_msg(ws, "l2", "И ещё вопрос")
+        ack_of(ws, "l2")
+        st = status_of(ws)
+        assert st["state"] == "queued", st
+        if "position" not in st:  # "reopened", then the queue's place
+            st = status_of(ws)
+        assert st == {"type": "status", "state": "queued", "position": 1}, st
+        conv2 = newest_conv(env, token)
+        r = env.client.get("/api/v1/conversations/" + conv2)
+        assert r.status == 200 and r.json["state"] == "queued", r
+        alice.accept(conv2)
+        st = status_of(ws)
+        assert st["state"] == "assigned" and st["name"] == "Alice", st
+        ws.close()
+        tab.close()
+
+
+def test_live_queue_positions():
+    with live_env(capacity="1") as env:
+        alice = Agent(env, "alice")
+        socks, convs = [], []
+        for i in range(3):
+            ws, _, conv = visitor(env, "p%d" % i, "вопрос %d" % i)
+            socks.append(ws)
+            convs.append(conv)
+            assert status_of(ws) == {"type": "status", "state": "queued",
+                                     "position": i + 1}
+        # The ones already waiting were not told anything new.
+        for ws in socks:
+            assert ws.no_message(0.3)
+
+        alice.presence("online")
+        alice.accept(convs[0])
+        st = status_of(socks[0])
+        assert st["state"] == "assigned" and st["name"] == "Alice", st
+        # The others move up by one.
+        for i in (1, 2):
+            st = status_of(socks[i])
+            assert st == {"type": "status", "state": "queued",
+                          "position": i}, (i, st)
+        # Resolving the first frees alice's slot: the next one is offered
+        # (still first in line, position unchanged) and accepted.
+        alice.resolve(convs[0])
+        assert status_of(socks[0])["state"] == "resolved"
+        alice.accept(convs[1])
+        st = status_of(socks[1])
+        assert st["state"] == "assigned" and st["name"] == "Alice", st
+        assert status_of(socks[2]) == {"type": "status", "state": "queued",
+                                       "position": 1}
+        for ws in socks:
+            ws.close()
+
+
+def test_live_typing_both_ways():
+    with live_env() as env:
+        alice = Agent(env, "alice")
+        con = console(env.port, alice.token)  # also sets alice online
+        ws, token, conv = visitor(env, "t1", "Добрый день")
+        assert status_of(ws)["state"] == "queued"
+        alice.accept(conv)
+        st = status_of(ws)
+        assert st["state"] == "assigned" and st["name"] == "Alice", st
+
+        # Agent -> customer.
+        con.send_json({"type": "typing", "conversation": conv})
+        t = ws.recv_type("typing")
+        assert t == {"type": "typing", "from": "agent", "name": "Alice"}, t
+
+        # Customer -> the assigned agent's console, at most one per 2 s
+        # per socket.
+        for _ in range(3):
+            ws.send_json({"type": "typing"})
+        t = con.recv_type("typing")
+        assert t["from"] == "customer" and t["conversation"] == conv, t
+        assert t["agent"] == "alice", t
+        extra, _ = _drain(con, "typing", 1.0)
+        assert extra == 0, "typing was not throttled"
+        time.sleep(1.2)
+        ws.send_json({"type": "typing"})
+        t = con.recv_type("typing")
+        assert t["from"] == "customer" and t["conversation"] == conv, t
+
+        # The visitor comes back (the agent now known from the store, not
+        # from an event) and still reaches the agent.
+        ws.close()
+        time.sleep(0.3)
+        tab = connect(env)
+        hello(tab, token=token)
+        assert status_of(tab)["name"] == "Alice"
+        tab.send_json({"type": "typing"})
+        t = con.recv_type("typing")
+        assert t["from"] == "customer" and t["agent"] == "alice", t
+        for s in (tab, con):
+            s.close()
+
+
+def _drain(ws, typ, quiet):
+    """Count frames of type typ until quiet seconds pass without any."""
+    n, other = 0, []
+    while True:
+        try:
+            m = ws.recv_json(quiet)
+        except socket.timeout:
+            return n, other
+        if m.get("type") == typ:
+            n += 1
+        else:
+            other.append(m)
+
+
+class SecondDaemon:
+    """Another daemon on the same Redis and prefix, on its own port."""
+
+    def __init__(self, env):
+        import copy
+        from harness import Daemon, free_port, render_config
+        self.tmp = os.path.join(env.tmp, "second")
+        os.makedirs(self.tmp)
+        self.port = free_port()
+        self.stop_limit = env.stop_limit
+        conf = copy.deepcopy(env.conf)
+        conf["listener main"]["port"] = str(self.port)
+        conf["http"]["public_url"] = "http://127.0.0.1:%d" % self.port
+        self.conf_path = os.path.join(self.tmp, "switchboard.conf")
+        with open(self.conf_path, "w") as f:
+            f.write(render_config(conf))
+        self.daemon = Daemon(self)
+
+    def problems(self):
+        import harness
+        out = []
+        for line in self.daemon.log_text().splitlines():
+            if harness.SANITIZER_RE.search(line):
+                out.append("second daemon sanitizer: " + line.strip())
+            elif harness.ERRLINE_RE.match(line):
+                out.append("second daemon error line: " + line.strip())
+        for rc, how in self.daemon.rcs:
+            if rc != 0:
+                out.append("second daemon exit %s (%s)" % (rc, how))
+        return out
+
+
+@timeout(180)
+def test_live_two_instances():
+    with live_env(extra={"remote_wait": "1s"}) as env:
+        b = SecondDaemon(env)
+        try:
+            b.daemon.start(30.0)
+            _two_instances(env, b)
+        finally:
+            b.daemon.stop()
+        probs = b.problems()
+        assert not probs, "\n".join(probs[:10])
+
+
+def _two_instances(env, b):
+    # The visitor is on A; alice works through B only.
+    alice = Agent(env, "alice", port=b.port)
+    ws, token, conv = visitor(env, "x1", "Здравствуйте, я на первом")
+    assert status_of(ws) == {"type": "status", "state": "queued",
+                             "position": 1}
+    con = console(b.port, alice.token)
+    alice.accept(conv)
+    st = status_of(ws)
+    assert st["state"] == "assigned" and st["name"] == "Alice", st
+
+    # A reply made on B reaches the socket on A (relayed, confirmed).
+    t0 = time.monotonic()
+    rep = alice.reply(conv, "Ответ со второго экземпляра")
+    assert time.monotonic() - t0 < 1.0, "the relay waited for its timeout"
+    assert rep["channel"] == "chat", rep
+    assert rep["tried"][0]["result"] == "ok", rep
+    m = ws.recv_type("message")
+    assert m["from"] == "agent" and m["name"] == "Alice", m
+    assert m["text"] == "Ответ со второго экземпляра", m
+
+    # Typing crosses too, both ways.
+    con.send_json({"type": "typing", "conversation": conv})
+    assert ws.recv_type("typing")["name"] == "Alice"
+    ws.send_json({"type": "typing"})
+    t = con.recv_type("typing")
+    assert t["from"] == "customer" and t["agent"] == "alice", t
+
+    # The history on resume has the relayed reply, once.
+    tab = connect(env)
+    w = hello(tab, token=token)
+    agent_msgs = [h for h in w["history"] if h["from"] == "agent"]
+    assert [h["text"] for h in agent_msgs] == \
+        ["Ответ со второго экземпляра"], w["history"]
+    assert agent_msgs[0]["name"] == "Alice", agent_msgs
+    tab.close()
+
+    # The visitor leaves: nobody confirms, the reply is not claimed as
+    # delivered; without e-mail or phone the customer is not reachable.
+    ws.close()
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    r = alice.http.post("/api/v1/conversations/%s/messages" % conv,
+                        {"text": "Вы ещё здесь?"})
+    took = time.monotonic() - t0
+    assert r.status == 409, r
+    assert "not connected" in r.json.get("error", "") + json.dumps(r.json)
+    assert 0.8 <= took <= 5.0, took
+    ra = env.client.get("/metrics", token=None).body.decode()
+    assert re.search(r'^sb_chat_messages_total\{direction="out"\} 1$', ra,
+                     re.M), ra
+    rb = b_metrics(b)
+    assert re.search(r'^sb_chat_relay_total\{result="delivered"\} 1$', rb,
+                     re.M), rb
+    assert re.search(r'^sb_chat_relay_total\{result="timeout"\} 1$', rb,
+                     re.M), rb
+
+    # Resolved on B, seen on A by a visitor who came back.
+    ws = connect(env)
+    hello(ws, token=token)
+    assert status_of(ws)["state"] == "assigned"
+    alice.resolve(conv)
+    assert status_of(ws) == {"type": "status", "state": "resolved"}
+    ws.close()
+    con.close()
+
+
+def b_metrics(b):
+    from harness import Client
+    c = Client(b.port)
+    try:
+        return c.get("/metrics", token=None).body.decode()
+    finally:
+        c.close()

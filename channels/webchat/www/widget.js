@@ -35,7 +35,7 @@
     var KEY = 'sbchat.';
     var PING_MS = 30000;
     var TYPING_MS = 3000;
-    var AGENT_TYPING_MS = 6000;
+    var AGENT_TYPING_MS = 5000;
     var BACKOFF_MIN = 1000;
     var BACKOFF_MAX = 30000;
     var RETRY_MS = 3000;
@@ -58,7 +58,7 @@
             online: 'Напишите нам — мы ответим здесь.',
             queued: 'Ждём свободного менеджера.',
             position: 'Ждём свободного менеджера. Вы {n}-й в очереди.',
-            assigned: 'Вам отвечает {name}.',
+            assigned: 'Оператор {name} подключился',
             assignedAnon: 'Менеджер уже читает ваше сообщение.',
             resolved: 'Разговор завершён. Напишите, если нужна помощь.',
             typing: '{name} печатает…',
@@ -87,7 +87,7 @@
             online: 'Write to us, we answer here.',
             queued: 'Waiting for a free manager.',
             position: 'Waiting for a free manager. You are number {n}.',
-            assigned: '{name} is answering you.',
+            assigned: '{name} joined',
             assignedAnon: 'A manager is reading your message.',
             resolved: 'The conversation is closed. Write if you need help.',
             typing: '{name} is typing…',
@@ -431,14 +431,37 @@
                               fmt(T.unread, {n: unread}));
     }
 
+    function hideTyping() {
+        clearTimeout(agentTypingTimer);
+        agentTypingTimer = null;
+        typingLine.textContent = '';
+    }
+
+    /* The agent is typing: shown until a message comes or 5 s pass
+     * without another typing frame. */
+    function showTyping(m) {
+        if (typeof m.name === 'string' && m.name) {
+            agentName = m.name;
+        }
+        typingLine.textContent = fmt(T.typing, {name: agentName || T.agent});
+        clearTimeout(agentTypingTimer);
+        agentTypingTimer = setTimeout(hideTyping, AGENT_TYPING_MS);
+    }
+
+    /* The status line: place in the queue, who joined, or closed. Live
+     * frames come whenever the routing changes (PROTOCOL.md). */
     function showStatus(m) {
         if (m.state === 'queued') {
             setState(typeof m.position === 'number' ?
                 fmt(T.position, {n: m.position}) : T.queued);
         } else if (m.state === 'assigned') {
-            var n = m.name || agentName;
-            setState(n ? fmt(T.assigned, {name: n}) : T.assignedAnon);
+            if (typeof m.name === 'string' && m.name) {
+                agentName = m.name;
+            }
+            setState(agentName ? fmt(T.assigned, {name: agentName}) :
+                T.assignedAnon);
         } else if (m.state === 'resolved') {
+            hideTyping();
             setState(T.resolved);
         }
     }
@@ -580,7 +603,7 @@
         }
         render('s:' + m.id, m.from === 'system' ? 'system' : 'agent', m.name,
                m.text, m.at);
-        typingLine.textContent = '';
+        hideTyping();
         if (m.from === 'agent') {
             lastAgentId = m.id;
             bumpUnread();
@@ -611,12 +634,9 @@
             }
             break;
         case 'typing':
-            typingLine.textContent = fmt(T.typing,
-                                         {name: agentName || T.agent});
-            clearTimeout(agentTypingTimer);
-            agentTypingTimer = setTimeout(function () {
-                typingLine.textContent = '';
-            }, AGENT_TYPING_MS);
+            if (m.from === 'agent') {
+                showTyping(m);
+            }
             break;
         case 'status':
             showStatus(m);
