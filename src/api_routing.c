@@ -422,10 +422,11 @@ void sb_api_route_after_ingest(const char *channel, const char *direction,
 {
     char *conv;
 
-    if (res->duplicate || !res->conversation_id[0] ||
-        strcmp(direction, "in") != 0 ||
-        (strcmp(channel, "chat") != 0 && strcmp(channel, "email") != 0 &&
-         strcmp(channel, "sms") != 0))
+    (void)channel;
+    (void)direction;
+    /* Ingest says when the router is needed (a new or resolved inbound
+     * conversation): routing is a heavy script, not for every message. */
+    if (res->duplicate || !res->needs_route || !res->conversation_id[0])
         return;
     conv = sb_strdup(res->conversation_id);
     if (sb_router_route(conv, on_routed, conv) < 0) {

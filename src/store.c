@@ -462,7 +462,7 @@ static void st_ingest_done(const struct st_req *q, const redisReply *r)
     struct sb_contact_result res;
     char *dst[3];
     size_t sz[3];
-    long long flags[4];
+    long long flags[5];
     size_t i;
 
     memset(&res, 0, sizeof(res));
@@ -472,14 +472,14 @@ static void st_ingest_done(const struct st_req *q, const redisReply *r)
     sz[0] = sizeof(res.contact_id);
     sz[1] = sizeof(res.customer_id);
     sz[2] = sizeof(res.conversation_id);
-    if (!st_is_array(r, 7))
+    if (!st_is_array(r, 8))
         goto bad;
     for (i = 0; i < 3; i++) {
         if (!st_is_str(r->element[i]) || r->element[i]->len >= sz[i])
             goto bad;
         memcpy(dst[i], r->element[i]->str, r->element[i]->len + 1);
     }
-    for (i = 0; i < 4; i++) {
+    for (i = 0; i < 5; i++) {
         if (r->element[3 + i]->type != REDIS_REPLY_INTEGER)
             goto bad;
         flags[i] = r->element[3 + i]->integer;
@@ -488,6 +488,7 @@ static void st_ingest_done(const struct st_req *q, const redisReply *r)
     res.new_customer = flags[1] != 0;
     res.new_conversation = flags[2] != 0;
     res.merge_proposed = flags[3] != 0;
+    res.needs_route = flags[4] != 0;
     q->ccb(SB_STORE_OK, &res, NULL, q->arg);
     return;
 bad:
@@ -762,6 +763,18 @@ int sb_log_read(const char *after, int limit, sb_store_json_cb *cb, void *arg)
     argv[2] = lim;
     st_lens(3, argv, lens);
     return st_run(st_req_json(ST_LOG, "log_read", cb, arg), 3, argv, lens);
+}
+
+int sb_contact_get(const char *id, sb_store_json_cb *cb, void *arg)
+{
+    const char *argv[2] = {S.prefix, ST_S(id)};
+    size_t lens[2];
+
+    if (!S.redis)
+        return -1;
+    st_lens(2, argv, lens);
+    return st_run(st_req_json(ST_LOG, "contact_get", cb, arg), 2, argv,
+                  lens);
 }
 
 int sb_conversation_get(const char *id, sb_store_json_cb *cb, void *arg)

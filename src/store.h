@@ -74,6 +74,9 @@ struct sb_contact_result {
     int new_customer;
     int new_conversation;
     int merge_proposed;       /* identities of two customers met */
+    int needs_route;          /* an inbound chat/email/sms contact left its
+                                 conversation new or resolved: hand it to
+                                 the router (sb_router_route) */
 };
 
 typedef void sb_contact_cb(enum sb_store_status st,
@@ -127,6 +130,10 @@ int sb_timeline_conversation(const char *id, const char *before, int limit,
  * start, "$" = only new ones are not supported here): for tail and reports. */
 int sb_log_read(const char *after, int limit, sb_store_json_cb *cb,
                 void *arg);
+
+/* One contact by id, as {"entries":[entry], "next_after": id} (entries
+ * empty when there is no such contact). */
+int sb_contact_get(const char *id, sb_store_json_cb *cb, void *arg);
 
 /* Conversation: {"id","customer","channel","state","queue","agent",
  *  "subject","created","first_response","resolved","updated"}. */

@@ -1127,8 +1127,8 @@ static void on_routed(enum sb_store_status st, json_t *res, const char *err,
     free(op);
 }
 
-/* Every new customer message goes to the router (safe to repeat: a
- * conversation already queued or assigned is left alone). */
+/* A customer message that left its conversation new or resolved goes to
+ * the router (safe to repeat: a queued or assigned one is left alone). */
 static void chat_route(const char *vid, const char *conv, int changed)
 {
     struct chat_status_op *op = chat_status_op_new(vid, conv);
@@ -1197,7 +1197,9 @@ static void on_ingested(enum sb_store_status st,
         int untold = v && !v->st[0] &&
                      strcmp(v->conversation, res->conversation_id) == 0;
 
-        if (!res->duplicate)
+        /* Only a new or resolved conversation needs the router (the
+         * route script is heavy; ingest tells us). */
+        if (!res->duplicate && res->needs_route)
             chat_route(op->vid, res->conversation_id, untold);
         else if (untold)
             chat_push_status(op->vid, res->conversation_id);

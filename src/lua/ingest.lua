@@ -13,7 +13,7 @@
 -- Publishes {"type":"contact",...} on P..'events' (see docs/routing.md).
 -- "" means absent throughout.
 -- Returns {contact id, customer id, conversation id or "", duplicate,
---   new customer, new conversation, merge proposed}.
+--   new customer, new conversation, merge proposed, needs routing}.
 -- Errors: "INVALID ...", "NOTFOUND ...", "CONFLICT ...".
 
 local P = ARGV[1]
@@ -145,7 +145,7 @@ local function main()
             end
             local r = resolve(cu)
             if r then cu = r end
-            return { cid, cu, cv, 1, 0, 0, 0 }
+            return { cid, cu, cv, 1, 0, 0, 0, 0 }
         end
     end
 
@@ -268,10 +268,12 @@ local function main()
     -- Conversations that need an agent are marked until the router has
     -- taken them (router.route clears the mark; its tick routes marks
     -- left behind by a caller that failed to call it).
+    local needs_route = 0
     if conv and direction == 'in' and ROUTED_CHANNELS[channel] then
         local st = redis.call('HGET', P .. 'conv:' .. conv, 'state')
         if st == 'new' or st == 'resolved' then
             redis.call('ZADD', P .. 'rt:unrouted', 'NX', now, conv)
+            needs_route = 1
         end
     end
     -- Live screens (the agent console on any instance) learn of the
@@ -285,7 +287,8 @@ local function main()
         type = 'contact', id = cid, customer = cust,
         conversation = conv or '', channel = channel, direction = direction,
         kind = ctype, agent = holder, at = now }))
-    return { cid, cust, conv or '', 0, new_customer, new_conv, proposed }
+    return { cid, cust, conv or '', 0, new_customer, new_conv, proposed,
+        needs_route }
 end
 
 return sb_run(main)

@@ -15,8 +15,14 @@
 # the contact runs. Every process is stopped by PID; the whole run is
 # bounded (about 2 minutes). Exit status 1 on any failure.
 #
+# Then, with those servers stopped, the chat benchmark runs:
+# tests/bench/chat/chat.sh (10,000 idle chat sockets, then customer -> agent
+# delivery over WebSockets, side by side with a Node ws relay; about 2
+# minutes more; see tests/bench/chat/README.md).
+#
 # Environment: SB_BIN (default build/switchboard), BENCH_DURATION (10s),
-# BENCH_CONNS (64), BENCH_RUNS (3).
+# BENCH_CONNS (64), BENCH_RUNS (3), BENCH_CHAT (1; 0 skips the chat part),
+# and the CHAT_* variables of tests/bench/chat/chat.sh.
 cd "$(dirname "$0")/../.." || exit 1
 
 SB_BIN=${SB_BIN:-build/switchboard}
@@ -280,3 +286,13 @@ END {
         "log count mismatch)"; exit 1 }
     print "bench: ok"
 }' "$tmp/results"
+status=$?
+
+# --- the chat benchmark, with its own servers
+if [ "${BENCH_CHAT:-1}" != 0 ]; then
+    cleanup
+    trap - EXIT
+    echo
+    SB_BIN="$SB_BIN" sh tests/bench/chat/chat.sh || status=1
+fi
+exit $status
