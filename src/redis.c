@@ -857,6 +857,7 @@ struct sb_redis *sb_redis_new(uv_loop_t *loop, const struct sb_redis_conf *conf,
     sb_metric_add(m_errors, 0, name ? name : "redis", "timeout");
     sb_metric_add(m_errors, 0, name ? name : "redis", "disconnected");
     sb_metric_add(m_errors, 0, name ? name : "redis", "reply");
+    sb_metric_add(m_errors, 0, name ? name : "redis", "overload");
     r->loop = loop;
     r->name = sb_strdup(name ? name : "redis");
     r->conf.host = dup_or(conf->host, DEF_HOST);
@@ -908,12 +909,33 @@ size_t sb_redis_pending(const struct sb_redis *r)
     return r->npending;
 }
 
+/* Shed load before a timeout does it for us: when the oldest command in
+ * flight has waited half the command timeout, Redis is not keeping up, and
+ * more commands would only make every one of them time out (and the
+ * timeout drops the connection with all of them). Refuse new ones; the
+ * callers answer 503 / "unavailable" and clients retry. */
+static int overloaded(const struct sb_redis *r)
+{
+    uint64_t now, waited;
+
+    if (!r->head)
+        return 0;
+    now = uv_now(r->loop);
+    waited = now + (uint64_t)r->conf.command_timeout > r->head->deadline
+                 ? now + (uint64_t)r->conf.command_timeout - r->head->deadline
+                 : 0;
+    if (waited * 2 < (uint64_t)r->conf.command_timeout)
+        return 0;
+    sb_metric_add(m_errors, 1, r->name, "overload");
+    return 1;
+}
+
 static int can_send(const struct sb_redis *r)
 {
     if (r->sub_cb)
         return 0; /* a subscribed connection takes no commands */
     return r->up && r->ac && !r->closing &&
-           r->npending < (size_t)r->conf.max_pending;
+           r->npending < (size_t)r->conf.max_pending && !overloaded(r);
 }
 
 int sb_redis_cmdv(struct sb_redis *r, sb_redis_cb *cb, void *arg, int argc,

@@ -505,6 +505,29 @@ static void test_refused_when_down(void **state)
     assert_int_equal(f->ups, 1);
 }
 
+
+/* Redis stalls: once the oldest command has waited half the command
+ * timeout, new commands are refused (load shed) instead of joining a queue
+ * that will time out as a whole; when Redis answers again they flow. */
+static void test_overload_shed(void **state)
+{
+    struct fx *f = *state;
+
+    f->conf.command_timeout = 1000;
+    start_all(f);
+    assert_int_equal(kill(f->srv.pid, SIGSTOP), 0);
+    assert_int_equal(cmd1(f, 0, "PING"), 0);
+    run_for(f, 200);
+    assert_int_equal(cmd1(f, 1, "PING"), 0); /* waited 200 of 1000 ms */
+    run_for(f, 450);
+    assert_int_equal(cmd1(f, 2, "PING"), -1); /* waited 650: shed */
+    assert_int_equal(kill(f->srv.pid, SIGCONT), 0);
+    target = 2;
+    assert_true(run_until(f, fired_enough, 2000));
+    assert_int_equal(f->nulls, 0);
+    assert_int_equal(cmd1(f, 3, "PING"), 0);
+}
+
 static void test_timeout_and_recover(void **state)
 {
     struct fx *f = *state;
@@ -857,6 +880,7 @@ int main(void)
         cmocka_unit_test(test_conf_table),
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
         T(test_subscriber),
+        T(test_overload_shed),
         T(test_connect_ping),
         T(test_pipeline),
         T(test_error_reply),
