@@ -52,9 +52,11 @@ const struct sb_conf_section sb_console_conf_section = {
 
 struct cconn {
     uint64_t id;
-    int authed, authing, watch, role;
+    int authed, authing, watch, role, closing;
+    int agent; /* counts as the user's console (presence, agent events) */
     char user[64];
     uint64_t opened_ms;
+    struct cconn *pnext, *pprev; /* the list of sockets not yet authed */
 };
 
 struct agent_state {
@@ -71,7 +73,12 @@ static struct {
     struct agent_state agents[CON_MAX_AGENTS];
     size_t nagents;
     uv_timer_t tick;
-    int started, dirty, refreshing;
+    uv_timer_t refresh;       /* the screens, at most once a second */
+    int started, dirty, qdirty, refreshing;
+    int sla_open;             /* a conversation may still breach an SLA */
+    unsigned ticks;
+    uint64_t last_refresh;    /* ms */
+    struct cconn *pending;    /* sockets not yet authenticated */
     uint64_t offline_grace;
     char **origins;
     struct sb_metric *m_actions;
@@ -365,16 +372,28 @@ static void on_dash_agents(enum sb_store_status st, json_t *res,
                   json_object_get(dash_queues, "queues"), "agents",
                   json_object_get(res, "agents"), "at",
                   (json_int_t)sb_now_ms());
+    /* A breach happens with time, not with an event: while one may still
+     * happen, the tick refreshes the dashboard every few seconds. */
+    C.sla_open = 0;
+    {
+        json_t *q;
+        size_t i;
+        json_array_foreach(json_object_get(dash_queues, "queues"), i, q)
+        {
+            json_int_t sla = json_integer_value(json_object_get(q, "sla"));
+            json_int_t open = json_integer_value(json_object_get(q, "open"));
+            json_int_t br =
+                json_integer_value(json_object_get(q, "sla_breaches"));
+            if (sla > 0 && open > br)
+                C.sla_open = 1;
+        }
+    }
     for (size_t i = 0; i < nwatchers; i++)
         send_json(watchers[i], json_incref(j));
     json_decref(j);
     json_decref(res);
     json_decref(dash_queues);
     dash_queues = NULL;
-    for (char **o = C.origins; o && *o; o++)
-        free(*o);
-    free(C.origins);
-    C.origins = NULL;
 }
 
 static void on_dash_queues(enum sb_store_status st, json_t *res,
@@ -407,17 +426,114 @@ static void dashboard_refresh(void)
     }
 }
 
+static int any_console(void)
+{
+    for (size_t i = 0; i < C.nagents; i++)
+        if (C.agents[i].nconns)
+            return 1;
+    return 0;
+}
+
+/* The queues table for every console here (their waiting counts). */
+static void on_push_queues(enum sb_store_status st, json_t *res,
+                           const char *err, void *arg)
+{
+    json_t *j;
+
+    (void)err;
+    (void)arg;
+    if (st != SB_STORE_OK) {
+        C.qdirty = 1;
+        json_decref(res);
+        return;
+    }
+    j = json_pack("{s:s, s:O}", "type", "queues", "queues",
+                  json_object_get(res, "queues"));
+    for (size_t i = 0; j && i < C.nagents; i++)
+        for (int k = 0; k < C.agents[i].nconns; k++)
+            send_json(C.agents[i].conns[k], json_incref(j));
+    json_decref(j);
+    json_decref(res);
+}
+
+static void on_refresh(uv_timer_t *t)
+{
+    (void)t;
+    C.last_refresh = sb_mono_ms();
+    if (C.dirty)
+        dashboard_refresh();
+    if (C.qdirty) {
+        C.qdirty = 0;
+        if (any_console() && sb_router_queues(on_push_queues, NULL) < 0)
+            C.qdirty = 1;
+    }
+}
+
+/* Something changed: refresh the screens almost at once (the events of
+ * one step, e.g. a contact and its routing, come within milliseconds: wait
+ * CON_COALESCE_MS for them), and at most once a second, so that a change
+ * shows within a second and a burst of changes costs one read a second. */
+#define CON_COALESCE_MS 50
+
+static void schedule_refresh(void)
+{
+    uint64_t now = sb_mono_ms(), delay = CON_COALESCE_MS;
+
+    if (!C.started || uv_is_active((uv_handle_t *)&C.refresh))
+        return;
+    if ((C.dirty && nwatchers) || (C.qdirty && any_console())) {
+        if (C.last_refresh && now + delay < C.last_refresh + 1000)
+            delay = C.last_refresh + 1000 - now;
+        uv_timer_start(&C.refresh, on_refresh, delay, 0);
+    }
+}
+
+/* ---- sockets waiting for their auth message ----------------------------- */
+
+static void pending_add(struct cconn *cc)
+{
+    cc->pprev = NULL;
+    cc->pnext = C.pending;
+    if (C.pending)
+        C.pending->pprev = cc;
+    C.pending = cc;
+}
+
+static void pending_remove(struct cconn *cc)
+{
+    if (cc->pprev)
+        cc->pprev->pnext = cc->pnext;
+    else if (C.pending == cc)
+        C.pending = cc->pnext;
+    if (cc->pnext)
+        cc->pnext->pprev = cc->pprev;
+    cc->pnext = cc->pprev = NULL;
+}
+
 /* ---- routing events from every instance --------------------------------- */
 
+/* The newest entries of the conversation: send the one of the event's
+ * contact (o->before holds its id; contacts may arrive in a burst). */
+/* The contact an event named, read by id (sb_contact_get): in a burst the
+ * newest entries of the conversation are not necessarily this one. */
 static void on_entry(enum sb_store_status st, json_t *tl, const char *err,
                      void *arg)
 {
     struct op *o = arg;
-    json_t *e = json_array_get(json_object_get(tl, "entries"), 0);
+    json_t *e, *found = NULL;
+    size_t i;
 
-    if (st == SB_STORE_OK && e)
+    (void)err;
+    json_array_foreach(json_object_get(tl, "entries"), i, e)
+    {
+        const char *id = json_string_value(json_object_get(e, "id"));
+        if (id && strcmp(id, o->before) == 0)
+            found = e;
+    }
+    if (st == SB_STORE_OK && found)
         send_agent(o->ref, json_pack("{s:s, s:s, s:O}", "type", "entry",
-                                     "conversation", o->conv, "entry", e));
+                                     "conversation", o->conv, "entry",
+                                     found));
     json_decref(tl);
     op_free(o);
 }
@@ -428,8 +544,14 @@ static void on_event(const json_t *ev, void *arg)
     const char *agent = json_string_value(json_object_get(ev, "agent"));
     const char *conv =
         json_string_value(json_object_get(ev, "conversation"));
+    const char *cid = json_string_value(json_object_get(ev, "id"));
 
-    C.dirty = 1;
+    if (strcmp(type, "typing") != 0) {
+        C.dirty = 1;
+        if (strcmp(type, "contact") != 0)
+            C.qdirty = 1;
+        schedule_refresh();
+    }
     if (!agent || !*agent || !agent_get(agent, 0))
         return;
     if (strcmp(type, "offer") == 0 || strcmp(type, "withdrawn") == 0 ||
@@ -437,12 +559,14 @@ static void on_event(const json_t *ev, void *arg)
         strcmp(type, "presence") == 0) {
         json_t *j = json_deep_copy(ev);
         send_agent(agent, j);
-    } else if (strcmp(type, "contact") == 0 && conv && *conv) {
+    } else if (strcmp(type, "contact") == 0 && conv && *conv && cid &&
+               strlen(cid) < sizeof(((struct op *)0)->before)) {
         /* A new entry in a conversation this agent holds: send it. The
          * agent's own outbound reply comes back this way too, so every
          * open tab shows it. */
         struct op *o = op_new(0, "entry", agent, conv);
-        if (sb_timeline_conversation(conv, NULL, 1, on_entry, o) < 0)
+        snprintf(o->before, sizeof(o->before), "%s", cid);
+        if (sb_contact_get(cid, on_entry, o) < 0)
             op_free(o);
     } else if (strcmp(type, "typing") == 0) {
         const char *from = json_string_value(json_object_get(ev, "from"));
@@ -468,14 +592,19 @@ static void on_authed(int status, const char *user, int role, void *arg)
                     status < 0 ? "redis unavailable" : "invalid session");
         return;
     }
-    a = agent_get(user, 1);
-    if (!a || a->nconns == CON_MAX_CONNS) {
-        sb_ws_close(id, SB_WS_POLICY, "too many consoles");
-        return;
+    if (cc->agent) {
+        a = agent_get(user, 1);
+        if (!a || a->nconns == CON_MAX_CONNS) {
+            sb_ws_close(id, SB_WS_POLICY, "too many consoles");
+            return;
+        }
+        first = a->nconns == 0 && a->gone_ms == 0;
+        a->conns[a->nconns++] = id;
+        a->gone_ms = 0;
+    } else {
+        first = 0; /* a dashboard: no presence, no agent events */
     }
-    first = a->nconns == 0 && a->gone_ms == 0;
-    a->conns[a->nconns++] = id;
-    a->gone_ms = 0;
+    pending_remove(cc);
     cc->authed = 1;
     cc->role = role;
     snprintf(cc->user, sizeof(cc->user), "%s", user);
@@ -513,7 +642,10 @@ static void handle(struct sb_ws_conn *c, struct cconn *cc, json_t *m)
     int r = 0;
 
     if (!type) {
-        send_error(id, "invalid", "a message needs a type", ref);
+        if (!cc->authed)
+            sb_ws_close(id, SB_WS_POLICY, "auth first");
+        else
+            send_error(id, "invalid", "a message needs a type", ref);
         return;
     }
     if (strcmp(type, "ping") == 0) {
@@ -530,6 +662,7 @@ static void handle(struct sb_ws_conn *c, struct cconn *cc, json_t *m)
         if (cc->authing)
             return;
         cc->authing = 1;
+        cc->agent = !json_is_false(json_object_get(m, "presence"));
         rc = sb_auth_token(tok, on_authed, (void *)(uintptr_t)id);
         if (rc != 0)
             sb_ws_close(id, rc < 0 ? SB_WS_SERVER_ERROR : SB_WS_POLICY,
@@ -723,8 +856,9 @@ static int on_open(struct sb_ws_conn *c)
     struct cconn *cc = sb_calloc(1, sizeof(*cc));
 
     cc->id = sb_ws_id(c);
-    cc->opened_ms = sb_now_ms();
+    cc->opened_ms = sb_mono_ms();
     sb_ws_set_user(c, cc);
+    pending_add(cc);
     return 0;
 }
 
@@ -735,7 +869,11 @@ static void on_message(struct sb_ws_conn *c, const char *data, size_t len)
     json_t *m = json_loadb(data, len, JSON_REJECT_DUPLICATES, &jerr);
 
     if (!m || !json_is_object(m)) {
-        send_error(cc->id, "bad_json", "messages are JSON objects", NULL);
+        if (!cc->authed)
+            sb_ws_close(cc->id, SB_WS_POLICY, "auth first");
+        else
+            send_error(cc->id, "bad_json", "messages are JSON objects",
+                       NULL);
         json_decref(m);
         return;
     }
@@ -750,9 +888,10 @@ static void on_close(struct sb_ws_conn *c)
 
     if (!cc)
         return;
+    pending_remove(cc);
     if (cc->watch)
         watcher_remove(cc->id);
-    if (cc->authed && (a = agent_get(cc->user, 0))) {
+    if (cc->authed && cc->agent && (a = agent_get(cc->user, 0))) {
         for (int i = 0; i < a->nconns; i++)
             if (a->conns[i] == cc->id) {
                 a->conns[i] = a->conns[--a->nconns];
@@ -768,8 +907,13 @@ static void on_close(struct sb_ws_conn *c)
  * authenticated are closed; the dashboard is refreshed when dirty. */
 static void on_tick(uv_timer_t *t)
 {
-    uint64_t now = sb_now_ms();
+    uint64_t now = sb_now_ms(), mono = sb_mono_ms();
 
+    for (struct cconn *p = C.pending; p; p = p->pnext)
+        if (!p->closing && mono - p->opened_ms >= CON_AUTH_MS) {
+            p->closing = 1;
+            sb_ws_close(p->id, SB_WS_POLICY, "auth timeout");
+        }
     for (size_t i = 0; i < C.nagents;) {
         struct agent_state *a = &C.agents[i];
         if (a->nconns == 0 && a->gone_ms &&
@@ -786,8 +930,9 @@ static void on_tick(uv_timer_t *t)
         }
         i++;
     }
-    if (C.dirty)
-        dashboard_refresh();
+    if (nwatchers && C.sla_open && ++C.ticks % 5 == 0)
+        C.dirty = 1;
+    schedule_refresh(); /* a refresh that failed is tried again */
 }
 
 int sb_console_init(uv_loop_t *loop, struct sb_redis *r,
@@ -826,6 +971,7 @@ int sb_console_init(uv_loop_t *loop, struct sb_redis *r,
     if (sb_ws_register(&C.proto) < 0 || sb_events_listen(on_event, NULL) < 0)
         return -1;
     uv_timer_init(loop, &C.tick);
+    uv_timer_init(loop, &C.refresh);
     uv_timer_start(&C.tick, on_tick, 1000, 1000);
     C.started = 1;
     return 0;
@@ -833,8 +979,10 @@ int sb_console_init(uv_loop_t *loop, struct sb_redis *r,
 
 void sb_console_stop(void)
 {
-    if (C.started)
+    if (C.started) {
         uv_close((uv_handle_t *)&C.tick, NULL);
+        uv_close((uv_handle_t *)&C.refresh, NULL);
+    }
     C.started = 0;
     json_decref(dash_queues);
     dash_queues = NULL;

@@ -12,6 +12,10 @@
 //
 // Tests talk to it with api() (fetch with a time limit) and, for checks on
 // the stored data, redis() (a minimal RESP client on the socket).
+//
+// contactCenterConfig(extra) gives the overrides a test of the contact
+// center needs (routing with one queue, the web chat, reply channels, the
+// console): `config: contactCenterConfig({...})` in a test file.
 'use strict';
 
 const crypto = require('crypto');
@@ -187,6 +191,21 @@ function mergeConfig(conf, overrides) {
     }
   }
   return conf;
+}
+
+// [routing], one [queue general] of alice, [chat] with the widget's pages,
+// [channels] (chat replies through the chat driver, e-mail and SMS to the
+// file outbox) and [console]; extra is merged over them (null deletes).
+function contactCenterConfig(extra) {
+  return mergeConfig({
+    routing: { default_queue: 'general', offer_timeout: '60s',
+               tick: '200ms', capacity: '5' },
+    'queue general': { members: 'alice', strategy: 'round_robin',
+                       sla: '2m' },
+    chat: { www_dir: path.join(ROOT, 'channels', 'webchat', 'www') },
+    channels: { chat: 'chat', email: 'file', sms: 'file' },
+    console: { offline_grace: '60s' },
+  }, extra);
 }
 
 class Server {
@@ -374,4 +393,5 @@ class Server {
   }
 }
 
-module.exports = { Server, ROOT, secrets, redisCommand, sbBin };
+module.exports = { Server, ROOT, secrets, redisCommand, sbBin,
+                   contactCenterConfig };
