@@ -177,8 +177,101 @@ static void on_route_ticked(enum sb_store_status st, json_t *result,
                        (uint64_t)sb_router_tick_interval());
 }
 
+/* Queue and agent gauges for /metrics, from the router's views every
+ * few seconds (a scrape cannot wait for Redis). */
+static struct {
+    struct sb_metric *waiting, *longest, *breaches, *online, *busy;
+    struct sb_metric *active, *capacity, *presence;
+    unsigned ticks;
+} G;
+
+static void on_gauge_queues(enum sb_store_status st, json_t *res,
+                            const char *err, void *arg)
+{
+    size_t i;
+    json_t *q;
+
+    json_array_foreach(json_object_get(res, "queues"), i, q)
+    {
+        const char *n = json_string_value(json_object_get(q, "name"));
+        if (!n)
+            continue;
+        sb_metric_set(G.waiting, (double)json_integer_value(
+                                     json_object_get(q, "waiting")), n);
+        sb_metric_set(G.longest,
+                      (double)json_integer_value(
+                          json_object_get(q, "longest_wait")) / 1000.0,
+                      n);
+        sb_metric_set(G.breaches, (double)json_integer_value(
+                                      json_object_get(q, "sla_breaches")), n);
+        sb_metric_set(G.online, (double)json_integer_value(
+                                    json_object_get(q, "online")), n);
+        sb_metric_set(G.busy, (double)json_integer_value(
+                                  json_object_get(q, "busy")), n);
+    }
+    json_decref(res);
+}
+
+static void on_gauge_agents(enum sb_store_status st, json_t *res,
+                            const char *err, void *arg)
+{
+    static const char *const states[] = {"online", "away", "offline"};
+    double count[3] = {0, 0, 0};
+    size_t i;
+    json_t *a;
+
+    json_array_foreach(json_object_get(res, "agents"), i, a)
+    {
+        const char *n = json_string_value(json_object_get(a, "name"));
+        const char *p = json_string_value(json_object_get(a, "presence"));
+        if (!n)
+            continue;
+        sb_metric_set(G.active, (double)json_integer_value(
+                                    json_object_get(a, "active")), n);
+        sb_metric_set(G.capacity, (double)json_integer_value(
+                                      json_object_get(a, "capacity")), n);
+        for (int k = 0; k < 3; k++)
+            if (p && strcmp(p, states[k]) == 0)
+                count[k]++;
+    }
+    if (st == SB_STORE_OK)
+        for (int k = 0; k < 3; k++)
+            sb_metric_set(G.presence, count[k], states[k]);
+    json_decref(res);
+}
+
+static void gauges_register(void)
+{
+    G.waiting = sb_metric_gauge("sb_queue_waiting",
+                                "Conversations waiting in a queue", "queue");
+    G.longest = sb_metric_gauge("sb_queue_longest_wait_seconds",
+                                "How long the oldest waiting conversation "
+                                "has waited",
+                                "queue");
+    G.breaches = sb_metric_gauge("sb_queue_sla_breaches",
+                                 "Open conversations past the queue's "
+                                 "first-response target",
+                                 "queue");
+    G.online = sb_metric_gauge("sb_queue_agents_online",
+                               "Queue members online", "queue");
+    G.busy = sb_metric_gauge("sb_queue_agents_busy",
+                             "Queue members holding conversations", "queue");
+    G.active = sb_metric_gauge("sb_agent_active_conversations",
+                               "Conversations an agent holds", "agent");
+    G.capacity = sb_metric_gauge("sb_agent_capacity",
+                                 "Conversations an agent may hold", "agent");
+    G.presence = sb_metric_gauge("sb_agents", "Agents by presence",
+                                 "presence");
+}
+
 static void on_route_tick(uv_timer_t *t)
 {
+    /* Every fifth tick (5 s at the default 1 s): refresh the gauges. */
+    if (!M.stopping && sb_redis_is_up(M.redis) && G.ticks++ % 5 == 0) {
+        if (sb_router_queues(on_gauge_queues, NULL) < 0 ||
+            sb_router_agents(on_gauge_agents, NULL) < 0)
+            G.ticks = 0;
+    }
     if (M.tick_running || M.stopping || !sb_redis_is_up(M.redis))
         return;
     if (sb_router_tick(sb_now_ms(), on_route_ticked, NULL) == 0)
@@ -343,6 +436,7 @@ static int run(void)
     uv_signal_start(&M.sig_int, on_term, SIGINT);
     uv_timer_init(&M.loop, &M.watchdog);
     uv_timer_init(&M.loop, &M.drain);
+    gauges_register();
     uv_timer_init(&M.loop, &M.route_tick);
     uv_timer_start(&M.route_tick, on_route_tick,
                    (uint64_t)sb_router_tick_interval(),
