@@ -384,7 +384,9 @@ void sb_auth_check(struct sb_http_req *req, sb_http_handler *next)
         deny(req, 401, "missing bearer token");
         return;
     }
-    if (strncmp(tok, "sb_", 3) == 0) {
+    /* A session token is exactly SB_TOKEN_LEN characters of base64url and
+     * may itself begin with "sb_"; an API key is always longer. */
+    if (strlen(tok) != SB_TOKEN_LEN && strncmp(tok, "sb_", 3) == 0) {
         if (apikey_lookup(tok, &req->who) < 0) {
             deny(req, 401, "invalid API key");
             return;
