@@ -734,8 +734,8 @@ static void test_unrouted_swept(void **state)
     fine = t_chat();
     t_ok(OP_ROUTE, fine.id, NULL);
     assert_string_equal(t_conv_field(&lost, "state"), "new");
-    t = t_tick(sb_now_ms() + 60000);
-    json_decref(t);
+    t = t_tick(sb_now_ms() + 60000); /* owned by the fixture (LAST) */
+    assert_non_null(t);
     assert_string_equal(t_conv_field(&lost, "state"), "queued");
     assert_string_equal(t_conv_field(&lost, "queue"), "sales");
     {
