@@ -53,7 +53,7 @@ static void bad(struct sb_http_req *req, const struct sb_json_err *e)
 }
 
 /* Answer a store completion that carries no data of interest on error. */
-static void store_fail(struct sb_http_req *req, enum sb_store_status st,
+void sb_api_store_fail(struct sb_http_req *req, enum sb_store_status st,
                        const char *err, const char *what)
 {
     switch (st) {
@@ -78,7 +78,7 @@ static void on_json_result(enum sb_store_status st, json_t *result,
     struct sb_http_req *req = arg;
 
     if (st != SB_STORE_OK) {
-        store_fail(req, st, err, "not found");
+        sb_api_store_fail(req, st, err, "not found");
         json_decref(result);
         return;
     }
@@ -156,7 +156,7 @@ static void on_ingested(enum sb_store_status st,
     json_t *j;
 
     if (st != SB_STORE_OK) {
-        store_fail(req, st, err, "customer or conversation not found");
+        sb_api_store_fail(req, st, err, "customer or conversation not found");
         free(c);
         return;
     }
@@ -592,7 +592,7 @@ static void on_proposals(enum sb_store_status st, json_t *result,
     json_t *j;
 
     if (st != SB_STORE_OK) {
-        store_fail(req, st, err, "no such customer");
+        sb_api_store_fail(req, st, err, "no such customer");
         json_decref(result);
         return;
     }

@@ -6,6 +6,7 @@
 #include "core.h"
 #include "http.h"
 #include "redis.h"
+#include "store.h"
 
 /* The route table for sb_http_start (static; lives for the process). */
 const struct sb_route *sb_api_routes(void);
@@ -14,6 +15,11 @@ const struct sb_route *sb_api_routes(void);
 void sb_api_init(struct sb_redis *r, int (*ready)(void));
 /* Current config (borrowed; call again after each reload). */
 void sb_api_config(const struct sb_config *conf);
+
+/* Answer a failed store or router completion: 404 (err or what), 409,
+ * 400, or 503 with Retry-After. */
+void sb_api_store_fail(struct sb_http_req *req, enum sb_store_status st,
+                       const char *err, const char *what);
 
 /* api_routing.c: conversations, queues, agents, presence. */
 void sb_api_queues(struct sb_http_req *req);
@@ -30,7 +36,6 @@ void sb_api_reply(struct sb_http_req *req);
 
 /* Hand an inbound conversation contact (chat, email, sms) to the router;
  * logs a failure, never blocks the caller's answer. */
-struct sb_contact_result;
 void sb_api_route_after_ingest(const char *channel, const char *direction,
                                const struct sb_contact_result *res);
 

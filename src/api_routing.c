@@ -34,23 +34,10 @@ static void on_result(enum sb_store_status st, json_t *result,
 {
     struct sb_http_req *req = arg;
 
-    switch (st) {
-    case SB_STORE_OK:
+    if (st == SB_STORE_OK)
         sb_http_respond_json(req, 200, result);
-        break;
-    case SB_STORE_NOTFOUND:
-        sb_http_respond_error(req, 404, err ? err : "not found", NULL);
-        break;
-    case SB_STORE_CONFLICT:
-        sb_http_respond_error(req, 409, err ? err : "conflict", NULL);
-        break;
-    case SB_STORE_INVALID:
-        sb_http_respond_error(req, 400, err ? err : "invalid", NULL);
-        break;
-    default:
-        unavailable(req);
-        break;
-    }
+    else
+        sb_api_store_fail(req, st, err, "not found");
     json_decref(result);
 }
 
