@@ -353,7 +353,9 @@ void sb_http_respond(struct sb_http_req *req, int status, const char *ctype,
         sb_metric_add(H.m_requests, 1, rn, method_name(req->method), st);
         sb_metric_observe(H.m_duration, secs, rn);
     }
-    if (status >= 500)
+    /* 503 is the expected answer while Redis is away or we drain (logged
+     * once where that state begins); other 5xx are our failures. */
+    if (status >= 500 && status != 503)
         SB_WARN(HTTP_PLACE, "server error status=%d path=%s", status,
                 req->route ? req->route->pattern : "-");
 
