@@ -66,6 +66,17 @@ int sb_channels_start(uv_loop_t *loop, const struct sb_config *conf)
     return 0;
 }
 
+void sb_channels_reload(const struct sb_config *conf)
+{
+    for (size_t i = 0; i < nrunning; i++) {
+        const struct sb_channel_ops *ops = running[i]->ops;
+        if (ops->reload && ops->conf &&
+            ops->reload(running[i], sb_config_get(conf, ops->conf->name)) < 0)
+            SB_WARN("core.channel", "driver kept its old settings driver=%s",
+                    ops->name);
+    }
+}
+
 struct sb_channel *sb_channel_get(const char *name)
 {
     for (size_t i = 0; i < nrunning; i++)

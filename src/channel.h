@@ -75,6 +75,10 @@ struct sb_channel_ops {
     int (*send)(struct sb_channel *ch, struct sb_outmsg *msg,
                 sb_send_done *done);
     void (*stop)(struct sb_channel *ch);
+    /* Optional (NULL: a change needs a restart): adopt the section's new
+     * values after SIGHUP (borrowed for the call). 0 or -1 (logged; the
+     * old values stay). */
+    int (*reload)(struct sb_channel *ch, const void *conf);
 };
 
 /* The core's handle on one configured channel. */
@@ -93,6 +97,8 @@ const struct sb_channel_ops *sb_channel_find_driver(const char *name);
  * driver without its section stays off). 0, or -1 when one failed (logged).
  */
 int sb_channels_start(uv_loop_t *loop, const struct sb_config *conf);
+/* SIGHUP: hand each started driver with a reload op its new section. */
+void sb_channels_reload(const struct sb_config *conf);
 /* A started driver by name (borrowed), or NULL. */
 struct sb_channel *sb_channel_get(const char *name);
 /* Stop and free every started driver (each cancels its in-flight sends). */

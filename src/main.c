@@ -320,6 +320,7 @@ static void on_hup(uv_signal_t *s, int signum)
         sb_config_free(c);
     } else {
         apply_config(c);
+        sb_channels_reload(c);
         sb_config_free(M.conf);
         M.conf = c;
         sb_metric_add(M.m_reloads, 1, "ok");

@@ -663,4 +663,5 @@ const struct sb_channel_ops sb_chan_file = {
     file_start,
     file_send,
     file_stop,
+    NULL, /* no reload: [file] changes need a restart */
 };

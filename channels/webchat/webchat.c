@@ -164,52 +164,52 @@ static int chat_conf_check(void *conf, char *err, size_t errlen)
 
 static const struct sb_conf_key chat_keys[] = {
     {"max_message", SB_CONF_SIZE, offsetof(struct chat_conf, max_message),
-     "4k", 512, 1LL << 20, NULL, 0,
+     "4k", 512, 1LL << 20, NULL, SB_CONF_RELOAD,
      "largest WebSocket message from a visitor; larger closes with 1009"},
     {"max_text", SB_CONF_SIZE, offsetof(struct chat_conf, max_text), "3000",
-     1, 1LL << 20, NULL, 0,
+     1, 1LL << 20, NULL, SB_CONF_RELOAD,
      "longest message text in bytes of UTF-8 (an error frame above it); "
      "below max_message"},
     {"msgs_per_sec", SB_CONF_INT, offsetof(struct chat_conf, msgs_per_sec),
-     "5", 1, 10000, NULL, 0,
+     "5", 1, 10000, NULL, SB_CONF_RELOAD,
      "messages per second per socket (bursts of 2 s); more closes with 1008"},
     {"ip_msgs_per_sec", SB_CONF_INT,
-     offsetof(struct chat_conf, ip_msgs_per_sec), "20", 1, 1000000, NULL, 0,
+     offsetof(struct chat_conf, ip_msgs_per_sec), "20", 1, 1000000, NULL, SB_CONF_RELOAD,
      "messages per second from one client address over all its sockets"},
     {"conns_per_ip", SB_CONF_INT, offsetof(struct chat_conf, conns_per_ip),
-     "20", 1, 1000000, NULL, 0,
+     "20", 1, 1000000, NULL, SB_CONF_RELOAD,
      "open sockets per client address; more are refused at the upgrade "
      "(behind a proxy every visitor shares its address)"},
     {"origins", SB_CONF_LIST, offsetof(struct chat_conf, origins), "", 0, 256,
-     NULL, 0,
+     NULL, SB_CONF_RELOAD,
      "pages allowed to open the chat, e.g. https://shop.example.com; empty "
      "allows any site (set it in production)"},
     {"idle_timeout", SB_CONF_DURATION,
      offsetof(struct chat_conf, idle_timeout), "10m", 1000, 86400000LL, NULL,
      0, "a socket silent this long is closed with 1001 (the widget pings)"},
     {"send_queue", SB_CONF_SIZE, offsetof(struct chat_conf, send_queue),
-     "256k", 4096, 64LL << 20, NULL, 0,
+     "256k", 4096, 64LL << 20, NULL, SB_CONF_RELOAD,
      "unsent bytes per socket; a visitor that does not read is closed "
      "with 1008"},
     {"max_errors", SB_CONF_INT, offsetof(struct chat_conf, max_errors), "5",
-     1, 1000, NULL, 0,
+     1, 1000, NULL, SB_CONF_RELOAD,
      "error frames (bad JSON, unknown type ...) within a minute before the "
      "socket is closed with 1008"},
     {"history", SB_CONF_INT, offsetof(struct chat_conf, history), "50", 0,
-     200, NULL, 0,
+     200, NULL, SB_CONF_RELOAD,
      "messages of the open conversation sent in welcome"},
     {"default_country", SB_CONF_STR,
-     offsetof(struct chat_conf, default_country), "RU", 0, 2, NULL, 0,
+     offsetof(struct chat_conf, default_country), "RU", 0, 2, NULL, SB_CONF_RELOAD,
      "country of phone numbers given without + in hello; empty: only "
      "international numbers"},
     {"www_dir", SB_CONF_STR, offsetof(struct chat_conf, www_dir), SB_CHAT_DIR,
-     0, 4096, NULL, 0,
+     0, 4096, NULL, SB_CONF_RELOAD,
      "directory of widget.js and the /chat/ demo page (read at start)"},
     {"remote_wait", SB_CONF_DURATION, offsetof(struct chat_conf, remote_wait),
-     "2s", 0, 30000, NULL, 0,
+     "2s", 0, 30000, NULL, SB_CONF_RELOAD,
      "how long a reply for a visitor not connected here waits for another "
      "instance to confirm delivery before it fails over (0: no relay)"},
-    {NULL, 0, 0, NULL, 0, 0, NULL, 0, NULL},
+    {NULL, SB_CONF_RELOAD, 0, NULL, SB_CONF_RELOAD, 0, NULL, SB_CONF_RELOAD, NULL},
 };
 
 static const struct sb_conf_section chat_section = {
@@ -1801,19 +1801,10 @@ static double chat_sockets_fn(void *arg)
     return CS ? (double)CS->nconns : 0;
 }
 
-static int chat_start(struct sb_channel *ch, uv_loop_t *loop,
-                      const void *conf)
+/* The [chat] limits, applied at start and again on SIGHUP: ws.c reads
+ * them for every new socket and message, so a change applies at once. */
+static void chat_apply_limits(const struct chat_conf *c)
 {
-    const struct chat_conf *c = conf;
-    struct chat_state *s;
-
-    if (!ch || !loop || !c || CS)
-        return -1;
-    if (sb_static_mount(CHAT_MOUNT, c->www_dir) < 0) {
-        SB_ERR(CHAT_PLACE, "cannot read the widget's pages dir=%s",
-               c->www_dir);
-        return -1;
-    }
     chat_proto.name = CHAT_PROTO;
     chat_proto.path = CHAT_PATH;
     chat_proto.limits.max_msg = (size_t)c->max_message;
@@ -1822,9 +1813,6 @@ static int chat_start(struct sb_channel *ch, uv_loop_t *loop,
     chat_proto.limits.max_conns_per_ip = (size_t)c->conns_per_ip;
     chat_proto.limits.max_queue_bytes = (size_t)c->send_queue;
     chat_proto.limits.idle_ms = (uint64_t)c->idle_timeout;
-    chat_proto.on_open = chat_ws_open;
-    chat_proto.on_message = chat_ws_message;
-    chat_proto.on_close = chat_ws_close;
     /* The list is ours, kept for the process' life (ws.c borrows it). */
     if (chat_proto.limits.origins) {
         for (char **o = chat_proto.limits.origins; *o; o++)
@@ -1840,6 +1828,25 @@ static int chat_start(struct sb_channel *ch, uv_loop_t *loop,
         for (size_t i = 0; i < n; i++)
             chat_proto.limits.origins[i] = sb_strdup(c->origins[i]);
     }
+}
+
+static int chat_start(struct sb_channel *ch, uv_loop_t *loop,
+                      const void *conf)
+{
+    const struct chat_conf *c = conf;
+    struct chat_state *s;
+
+    if (!ch || !loop || !c || CS)
+        return -1;
+    if (sb_static_mount(CHAT_MOUNT, c->www_dir) < 0) {
+        SB_ERR(CHAT_PLACE, "cannot read the widget's pages dir=%s",
+               c->www_dir);
+        return -1;
+    }
+    chat_proto.on_open = chat_ws_open;
+    chat_proto.on_message = chat_ws_message;
+    chat_proto.on_close = chat_ws_close;
+    chat_apply_limits(c);
     if (!chat_registered) {
         if (sb_ws_register(&chat_proto) < 0) {
             SB_ERR(CHAT_PLACE, "cannot register the WebSocket endpoint");
@@ -1888,6 +1895,30 @@ static int chat_start(struct sb_channel *ch, uv_loop_t *loop,
     CS = s;
     SB_INFO(CHAT_PLACE, "started path=%s dir=%s origins=%s max_message=%lld",
             CHAT_PATH, c->www_dir,
+            chat_proto.limits.origins ? "restricted" : "any",
+            c->max_message);
+    return 0;
+}
+
+/* SIGHUP: new limits, Origins, texts and pages. */
+static int chat_reload(struct sb_channel *ch, const void *conf)
+{
+    const struct chat_conf *c = conf;
+    struct chat_state *s = ch ? ch->priv : NULL;
+
+    if (!s || !c)
+        return -1;
+    if (sb_static_mount(CHAT_MOUNT, c->www_dir) < 0)
+        SB_WARN(CHAT_PLACE, "reload: cannot read the widget's pages dir=%s",
+                c->www_dir);
+    chat_apply_limits(c);
+    s->max_text = (size_t)c->max_text;
+    s->max_errors = (size_t)c->max_errors;
+    s->history = (int)c->history;
+    free(s->country);
+    s->country = sb_strdup(c->default_country ? c->default_country : "");
+    s->remote_wait = (uint64_t)c->remote_wait;
+    SB_INFO(CHAT_PLACE, "reloaded origins=%s max_message=%lld",
             chat_proto.limits.origins ? "restricted" : "any",
             c->max_message);
     return 0;
@@ -1956,4 +1987,5 @@ const struct sb_channel_ops sb_chan_webchat = {
     chat_start,
     chat_send,
     chat_stop,
+    chat_reload,
 };

@@ -933,3 +933,29 @@ def b_metrics(b):
         return c.get("/metrics", token=None).body.decode()
     finally:
         c.close()
+
+
+def test_sighup_reloads_chat_limits():
+    """[chat] keys are reloadable: after SIGHUP a new Origin list and a
+    smaller message limit apply to new sockets at once, without a restart."""
+    import signal
+    with chat_env({}) as env:
+        ws = connect(env, origin="https://anywhere.test")
+        hello(ws)
+        ws.close()
+        env.conf = dict(env.conf, chat=dict(env.conf["chat"],
+                                            origins="https://shop.test",
+                                            max_text="10"))
+        env.write_config()
+        pid_before = env.daemon.proc.pid
+        env.daemon.signal(signal.SIGHUP)
+        wait_until(lambda: not _try_connect(env, "https://anywhere.test"), 5,
+                   what="the new Origin list applied")
+        assert env.daemon.proc.pid == pid_before
+        ws = connect(env, origin="https://shop.test")
+        w = hello(ws)
+        assert w["max_text"] == 10, w
+        ws.send_json({"type": "message", "id": "m1", "text": "x" * 11})
+        e = ws.recv_type("error")
+        assert e["code"] == "too_long", e
+        ws.close()
