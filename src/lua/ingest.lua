@@ -279,14 +279,15 @@ local function main()
     -- Live screens (the agent console on any instance) learn of the
     -- contact; the agent holding the conversation is named so a console
     -- need not look it up.
-    local holder = ''
+    -- Only conversation contacts concern a screen (a logged call or visit
+    -- without one does not), so the others publish nothing.
     if conv then
-        holder = redis.call('HGET', P .. 'conv:' .. conv, 'agent') or ''
+        local holder = redis.call('HGET', P .. 'conv:' .. conv, 'agent') or ''
+        redis.call('PUBLISH', P .. 'events', cjson.encode({
+            type = 'contact', id = cid, customer = cust,
+            conversation = conv, channel = channel, direction = direction,
+            kind = ctype, agent = holder, at = now }))
     end
-    redis.call('PUBLISH', P .. 'events', cjson.encode({
-        type = 'contact', id = cid, customer = cust,
-        conversation = conv or '', channel = channel, direction = direction,
-        kind = ctype, agent = holder, at = now }))
     return { cid, cust, conv or '', 0, new_customer, new_conv, proposed,
         needs_route }
 end
