@@ -34,100 +34,11 @@
 #define T_PREFIX "t:"
 #define T_WAIT_MS 10000
 
-/* ---- a private redis-server ------------------------------------------ */
-
-struct t_server {
-    pid_t pid;
-    char dir[64];
-    char sock[128];
-};
-
-static void t_sleep_ms(long ms)
-{
-    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-
-    nanosleep(&ts, NULL);
-}
-
-static redisContext *t_sync_connect(const char *sock)
-{
-    struct timeval tv = {2, 0};
-    redisContext *c = redisConnectUnixWithTimeout(sock, tv);
-
-    if (c && c->err) {
-        redisFree(c);
-        return NULL;
-    }
-    if (c)
-        redisSetTimeout(c, tv);
-    return c;
-}
+#include "redis_server.h"
 
 static int t_server_start(struct t_server *s)
 {
-    int i;
-
-    memset(s, 0, sizeof(*s));
-    strcpy(s->dir, "/tmp/sb-test-store-XXXXXX");
-    if (!mkdtemp(s->dir))
-        return -1;
-    snprintf(s->sock, sizeof(s->sock), "%s/redis.sock", s->dir);
-    s->pid = fork();
-    if (s->pid < 0)
-        return -1;
-    if (s->pid == 0) {
-        if (!freopen("/dev/null", "w", stdout) ||
-            !freopen("/dev/null", "w", stderr))
-            _exit(127);
-        execlp("redis-server", "redis-server", "--port", "0", "--unixsocket",
-               s->sock, "--save", "", "--appendonly", "no", "--dir", s->dir,
-               (char *)NULL);
-        _exit(127);
-    }
-    for (i = 0; i < 100; i++) {
-        redisContext *c = t_sync_connect(s->sock);
-
-        if (c) {
-            redisReply *r = redisCommand(c, "PING");
-            int ok = r && r->type == REDIS_REPLY_STATUS;
-
-            freeReplyObject(r);
-            redisFree(c);
-            if (ok)
-                return 0;
-        }
-        t_sleep_ms(50);
-    }
-    return -1;
-}
-
-static void t_server_stop(struct t_server *s)
-{
-    int i, status;
-
-    if (s->pid > 0) {
-        kill(s->pid, SIGCONT);
-        kill(s->pid, SIGTERM);
-        for (i = 0; i < 100; i++) {
-            if (waitpid(s->pid, &status, WNOHANG) == s->pid)
-                break;
-            t_sleep_ms(50);
-        }
-        if (i == 100) {
-            kill(s->pid, SIGKILL);
-            waitpid(s->pid, &status, 0);
-        }
-        s->pid = 0;
-    }
-    if (s->dir[0]) {
-        char path[192];
-
-        unlink(s->sock);
-        snprintf(path, sizeof(path), "%s/dump.rdb", s->dir);
-        unlink(path);
-        rmdir(s->dir);
-        s->dir[0] = '\0';
-    }
+    return t_server_start_named(s, "store");
 }
 
 /* ---- the loop and connections ---------------------------------------- */
