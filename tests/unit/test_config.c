@@ -438,7 +438,7 @@ static void test_named_sections(void **state)
                                "port = 1\n"
                                "[listener \"a\"]\n"
                                "port = 3\n"
-                               "bind = 0.0.0.0\n"
+                               "bind = 127.0.0.2\n"
                                "[listener  \"c.d-e:f\" ]\n"
                                "port = 4\n"
                                "weight = 7\n";
@@ -462,7 +462,7 @@ static void test_named_sections(void **state)
     {
         const struct t_listener *a = sb_config_nth(c, "listener", 1, NULL);
         const struct t_listener *cd = sb_config_nth(c, "listener", 2, NULL);
-        assert_string_equal(a->bind, "0.0.0.0");
+        assert_string_equal(a->bind, "127.0.0.2");
         assert_int_equal(a->weight, 1);
         assert_string_equal(cd->bind, "127.0.0.1");
         assert_int_equal(cd->weight, 7);
