@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "auth.h"
+#include "crypto.h"
 #include "events.h"
 #include "log.h"
 #include "metrics.h"
@@ -64,6 +65,7 @@ struct agent_state {
     uint64_t conns[CON_MAX_CONNS];
     int nconns;
     uint64_t gone_ms; /* when the last socket closed; 0 while any is open */
+    int checking;     /* asking Redis whether other instances hold one */
 };
 
 static struct {
@@ -80,6 +82,8 @@ static struct {
     uint64_t last_refresh;    /* ms */
     struct cconn *pending;    /* sockets not yet authenticated */
     uint64_t offline_grace;
+    char prefix[40];
+    char instance[20];  /* this daemon's id in the console-holder sets */
     char **origins;
     struct sb_metric *m_actions;
 } C;
@@ -881,6 +885,103 @@ static void on_message(struct sb_ws_conn *c, const char *data, size_t len)
     json_decref(m);
 }
 
+/* ---- consoles on other instances ----------------------------------------
+ *
+ * An agent may have consoles on several daemons. Each instance keeps
+ * "<prefix>console:<agent>" (a sorted set: instance id scored by an expiry
+ * 15 s ahead) fresh every second while it holds a console of that agent,
+ * and removes itself when its last one closes. Offline after the grace
+ * happens only when no other live instance is listed, so closing a tab on
+ * one instance does not set an agent offline who still works on another;
+ * a crashed instance's entry simply expires. */
+
+#define HOLDER_TTL_MS 15000
+
+static void holder_key(const char *agent, char *out, size_t outlen)
+{
+    snprintf(out, outlen, "%sconsole:%s", C.prefix, agent);
+}
+
+static void on_holder_cmd(redisReply *reply, const char *err, void *arg)
+{
+    (void)reply;
+    (void)err;
+    (void)arg;
+}
+
+static void holder_touch(const char *agent, int present)
+{
+    char key[128], score[24];
+    const char *argv[4];
+
+    holder_key(agent, key, sizeof(key));
+    argv[1] = key;
+    if (present) {
+        snprintf(score, sizeof(score), "%lld",
+                 (long long)(sb_now_ms() + HOLDER_TTL_MS));
+        argv[0] = "ZADD";
+        argv[2] = score;
+        argv[3] = C.instance;
+        sb_redis_cmdv(C.redis, on_holder_cmd, NULL, 4, argv, NULL);
+        argv[0] = "PEXPIRE";
+        argv[2] = "60000";
+        sb_redis_cmdv(C.redis, on_holder_cmd, NULL, 3, argv, NULL);
+    } else {
+        argv[0] = "ZREM";
+        argv[2] = C.instance;
+        sb_redis_cmdv(C.redis, on_holder_cmd, NULL, 3, argv, NULL);
+    }
+}
+
+static void on_holders(redisReply *reply, const char *err, void *arg)
+{
+    char *name = arg;
+    struct agent_state *a = agent_get(name, 0);
+
+    if (a)
+        a->checking = 0;
+    if (a && a->nconns == 0 && reply && reply->type == REDIS_REPLY_INTEGER) {
+        if (reply->integer > 0) {
+            /* Another instance holds a console: look again after another
+             * grace (that instance may crash: its entry then expires). */
+            SB_DEBUG(CON_PLACE, "agent still online elsewhere agent=%s",
+                     name);
+            a->gone_ms = sb_now_ms();
+        } else {
+            struct op *o = op_new(0, "presence", NULL, NULL);
+            SB_INFO(CON_PLACE, "agent offline after grace agent=%s", name);
+            if (sb_router_presence(name, "offline", on_action, o) < 0)
+                op_free(o); /* a is kept: tried again next second */
+            else
+                agent_drop(a);
+        }
+    }
+    free(name);
+}
+
+/* Count the other live instances holding a console of a. */
+static void holders_check(struct agent_state *a)
+{
+    char key[128], now[24];
+    const char *rm[4], *cnt[4];
+    char *name = sb_strdup(a->name);
+
+    holder_key(a->name, key, sizeof(key));
+    snprintf(now, sizeof(now), "%lld", (long long)sb_now_ms());
+    rm[0] = "ZREMRANGEBYSCORE";
+    rm[1] = key;
+    rm[2] = "-inf";
+    rm[3] = now;
+    cnt[0] = "ZCARD";
+    cnt[1] = key;
+    a->checking = 1;
+    sb_redis_cmdv(C.redis, on_holder_cmd, NULL, 4, rm, NULL);
+    if (sb_redis_cmdv(C.redis, on_holders, name, 2, cnt, NULL) < 0) {
+        a->checking = 0;
+        free(name);
+    }
+}
+
 static void on_close(struct sb_ws_conn *c)
 {
     struct cconn *cc = sb_ws_user(c);
@@ -897,8 +998,10 @@ static void on_close(struct sb_ws_conn *c)
                 a->conns[i] = a->conns[--a->nconns];
                 break;
             }
-        if (a->nconns == 0)
+        if (a->nconns == 0) {
             a->gone_ms = sb_now_ms();
+            holder_touch(a->name, 0);
+        }
     }
     free(cc);
 }
@@ -914,21 +1017,13 @@ static void on_tick(uv_timer_t *t)
             p->closing = 1;
             sb_ws_close(p->id, SB_WS_POLICY, "auth timeout");
         }
-    for (size_t i = 0; i < C.nagents;) {
+    for (size_t i = 0; i < C.nagents; i++) {
         struct agent_state *a = &C.agents[i];
-        if (a->nconns == 0 && a->gone_ms &&
-            now - a->gone_ms >= C.offline_grace) {
-            struct op *o = op_new(0, "presence", NULL, NULL);
-            SB_INFO(CON_PLACE, "agent offline after grace agent=%s", a->name);
-            if (sb_router_presence(a->name, "offline", on_action, o) < 0) {
-                op_free(o);
-                i++;
-                continue; /* try again next second */
-            }
-            agent_drop(a);
-            continue;
-        }
-        i++;
+        if (a->nconns > 0)
+            holder_touch(a->name, 1);
+        else if (a->gone_ms && !a->checking &&
+                 now - a->gone_ms >= C.offline_grace)
+            holders_check(a); /* offline unless held elsewhere */
     }
     if (nwatchers && C.sla_open && ++C.ticks % 5 == 0)
         C.dirty = 1;
@@ -943,6 +1038,14 @@ int sb_console_init(uv_loop_t *loop, struct sb_redis *r,
     C.loop = loop;
     C.redis = r;
     C.offline_grace = (uint64_t)cc->offline_grace;
+    snprintf(C.prefix, sizeof(C.prefix), "%s",
+             ((const struct sb_redis_conf *)sb_config_get(conf, "redis"))
+                 ->prefix);
+    {
+        char tok[SB_TOKEN_LEN + 1];
+        sb_token_new(tok);
+        snprintf(C.instance, sizeof(C.instance), "%.16s", tok);
+    }
     C.proto.name = "switchboard.agent.v1";
     C.proto.path = "/console/ws";
     C.proto.limits.max_msg = (size_t)cc->max_message;

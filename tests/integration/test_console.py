@@ -687,3 +687,30 @@ def test_dashboard_sla():
         olga.drain()
         assert olga.ws.no_message(6.0), "frames while nothing can change"
         olga.close()
+
+
+@timeout(60)
+def test_presence_across_instances():
+    """An agent with consoles on two instances stays online while either
+    is open: closing the one on A does not set her offline after A's grace;
+    closing the last one (on B) does."""
+    with console_env() as env:
+        b = Second(env)
+        try:
+            b.daemon.start(30.0)
+            tok = env.login("alice")
+            on_a = Console(env.port, tok)
+            on_a.recv_type("presence", presence="online")
+            on_b = Console(b.port, tok)
+            time.sleep(1.5)  # both instances have announced their console
+            on_a.close()
+            time.sleep(3.0)  # well past the 1 s grace on A
+            assert agent_row(env, "alice")["presence"] == "online", \
+                "set offline while a console on B was open"
+            on_b.close()
+            wait_until(lambda: agent_row(env, "alice")["presence"] ==
+                       "offline", 8.0, 0.1, "offline after the last console")
+        finally:
+            b.daemon.stop()
+        probs = b.problems()
+        assert not probs, "\n".join(probs[:10])
