@@ -10,6 +10,7 @@
 
 #include <hiredis/hiredis.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,6 +59,8 @@ static int t_server_start_named(struct t_server *s, const char *name)
     if (s->pid < 0)
         return -1;
     if (s->pid == 0) {
+        /* The server dies with the test, even when the test crashes. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (!freopen("/dev/null", "w", stdout) ||
             !freopen("/dev/null", "w", stderr))
             _exit(127);
