@@ -122,44 +122,6 @@ static int member(json_t *obj, const char *key, int required, json_t **v,
     return 0;
 }
 
-/* Length of the UTF-8 sequence at p (n bytes left) or 0 when invalid:
- * overlong forms, surrogates and code points above U+10FFFF are invalid.
- * *cp receives the code point. */
-static size_t utf8_seq(const unsigned char *p, size_t n, unsigned *cp)
-{
-    unsigned c = p[0], min;
-    size_t len;
-
-    if (c < 0x80) {
-        *cp = c;
-        return 1;
-    } else if (c >= 0xc2 && c <= 0xdf) {
-        len = 2;
-        c &= 0x1f;
-        min = 0x80;
-    } else if (c >= 0xe0 && c <= 0xef) {
-        len = 3;
-        c &= 0x0f;
-        min = 0x800;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        len = 4;
-        c &= 0x07;
-        min = 0x10000;
-    } else {
-        return 0;
-    }
-    if (n < len)
-        return 0;
-    for (size_t i = 1; i < len; i++) {
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-        c = (c << 6) | (p[i] & 0x3f);
-    }
-    if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
-        return 0;
-    *cp = c;
-    return len;
-}
 
 /* 1 when s has a control character: C0 (except \t \r \n when allow_ctl),
  * DEL or C1. Also catches a NUL inside the string. */
@@ -168,8 +130,8 @@ static int has_control(const char *s, size_t n, int allow_ctl)
     const unsigned char *p = (const unsigned char *)s;
 
     for (size_t i = 0; i < n;) {
-        unsigned cp = 0;
-        size_t k = utf8_seq(p + i, n - i, &cp);
+        uint32_t cp = 0;
+        size_t k = sb_utf8_seq(p + i, n - i, &cp);
 
         if (k == 0)
             return 1; /* cannot happen for jansson strings */
@@ -323,8 +285,8 @@ static void escape_into(struct sb_buf *b, const char *s)
     size_t n = strlen(s);
 
     for (size_t i = 0; i < n;) {
-        unsigned cp = 0;
-        size_t k = utf8_seq(p + i, n - i, &cp);
+        uint32_t cp = 0;
+        size_t k = sb_utf8_seq(p + i, n - i, &cp);
 
         if (k == 0) {
             sb_buf_appends(b, "\\ufffd");

@@ -485,42 +485,16 @@ static void put_help(struct sb_buf *out, const char *help)
     }
 }
 
-/* Length of the valid UTF-8 sequence at p, or 0 when p starts an invalid
- * one. */
-static size_t utf8_len(const unsigned char *p)
-{
-    size_t n;
-    uint32_t cp;
-
-    if (p[0] < 0x80)
-        return 1;
-    if (p[0] >= 0xc2 && p[0] <= 0xdf)
-        n = 2, cp = p[0] & 0x1f;
-    else if (p[0] >= 0xe0 && p[0] <= 0xef)
-        n = 3, cp = p[0] & 0x0f;
-    else if (p[0] >= 0xf0 && p[0] <= 0xf4)
-        n = 4, cp = p[0] & 0x07;
-    else
-        return 0;
-    for (size_t i = 1; i < n; i++) {
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (p[i] & 0x3f);
-    }
-    if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
-        (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return n;
-}
 
 /* Label values must be valid UTF-8 for the scraper: a byte that is not is
  * written as the text \xHH (its backslash escaped). */
 static void put_label_value(struct sb_buf *out, const char *v)
 {
     const unsigned char *p = (const unsigned char *)v;
+    const unsigned char *end = p + strlen(v);
 
     while (*p) {
-        size_t n = utf8_len(p);
+        size_t n = sb_utf8_seq(p, (size_t)(end - p), NULL);
         if (n == 0) {
             sb_buf_printf(out, "\\\\x%02x", *p);
             p++;

@@ -68,38 +68,6 @@ void sb_store_init(struct sb_redis *r, const char *prefix)
 
 /* ---- JSON helpers ---------------------------------------------------- */
 
-/* Length of the valid UTF-8 sequence at p (at most n bytes), or 0. */
-static size_t st_utf8_len(const unsigned char *p, size_t n)
-{
-    size_t len, i;
-    unsigned int cp;
-
-    if (p[0] < 0x80)
-        return 1;
-    if (p[0] >= 0xc2 && p[0] <= 0xdf) {
-        len = 2;
-        cp = p[0] & 0x1f;
-    } else if (p[0] >= 0xe0 && p[0] <= 0xef) {
-        len = 3;
-        cp = p[0] & 0x0f;
-    } else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
-        len = 4;
-        cp = p[0] & 0x07;
-    } else {
-        return 0;
-    }
-    if (n < len)
-        return 0;
-    for (i = 1; i < len; i++) {
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (p[i] & 0x3f);
-    }
-    if ((len == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
-        (len == 4 && (cp < 0x10000 || cp > 0x10ffff)))
-        return 0;
-    return len;
-}
 
 /* A JSON string from stored bytes: null when empty; invalid UTF-8 bytes
  * (the log takes what drivers give it) become U+FFFD. */
@@ -116,7 +84,7 @@ static json_t *st_str(const char *s, size_t len)
         return j;
     sb_buf_init(&b, 0);
     for (i = 0; i < len; i += n) {
-        n = st_utf8_len((const unsigned char *)s + i, len - i);
+        n = sb_utf8_seq(s + i, len - i, NULL);
         if (n == 0) {
             sb_buf_append(&b, "\xef\xbf\xbd", 3);
             n = 1;

@@ -179,6 +179,60 @@ uint64_t sb_mono_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+size_t sb_utf8_seq(const void *ptr, size_t n, uint32_t *cp)
+{
+    const unsigned char *p = ptr;
+    uint32_t c, min;
+    size_t len;
+
+    if (n == 0)
+        return 0;
+    c = p[0];
+    if (c < 0x80) {
+        len = 1;
+        min = 0;
+    } else if (c >= 0xc2 && c <= 0xdf) {
+        len = 2;
+        c &= 0x1f;
+        min = 0x80;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        len = 3;
+        c &= 0x0f;
+        min = 0x800;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        len = 4;
+        c &= 0x07;
+        min = 0x10000;
+    } else {
+        return 0;
+    }
+    if (n < len)
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((p[i] & 0xc0) != 0x80)
+            return 0;
+        c = (c << 6) | (p[i] & 0x3f);
+    }
+    if (c < min || c > 0x10ffff || (c >= 0xd800 && c <= 0xdfff))
+        return 0;
+    if (cp)
+        *cp = c;
+    return len;
+}
+
+int sb_utf8_valid(const void *ptr, size_t n)
+{
+    const unsigned char *p = ptr;
+
+    for (size_t i = 0; i < n;) {
+        size_t k = sb_utf8_seq(p + i, n - i, NULL);
+        if (k == 0)
+            return 0;
+        i += k;
+    }
+    return 1;
+}
+
 int sb_parse_ll(const char *s, long long *out)
 {
     char *end;

@@ -49,6 +49,14 @@ char *sb_buf_steal(struct sb_buf *b, size_t *len);
 int64_t sb_now_ms(void);
 uint64_t sb_mono_ms(void);
 
+/* UTF-8, strictly: overlong forms, surrogates, code points above U+10FFFF
+ * and truncated sequences are invalid. sb_utf8_seq returns the length of
+ * the sequence at p (n bytes available) or 0 when invalid, and the code
+ * point through cp when cp is not NULL; sb_utf8_valid says whether all of
+ * p[0..n) is valid. */
+size_t sb_utf8_seq(const void *p, size_t n, uint32_t *cp);
+int sb_utf8_valid(const void *p, size_t n);
+
 /* Parse a decimal integer that must fill the whole string (no sign for
  * unsigned). Returns 0 or -1. */
 int sb_parse_ll(const char *s, long long *out);

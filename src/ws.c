@@ -427,42 +427,6 @@ static void gone(struct ws_pss *pss)
     free(c);
 }
 
-static int valid_utf8(const unsigned char *s, size_t n)
-{
-    size_t i = 0;
-
-    while (i < n) {
-        unsigned char b = s[i];
-        size_t k;
-        uint32_t cp;
-        if (b < 0x80) {
-            i++;
-            continue;
-        }
-        if (b >= 0xc2 && b <= 0xdf) {
-            k = 1;
-            cp = b & 0x1f;
-        } else if (b >= 0xe0 && b <= 0xef) {
-            k = 2;
-            cp = b & 0x0f;
-        } else if (b >= 0xf0 && b <= 0xf4) {
-            k = 3;
-            cp = b & 0x07;
-        } else {
-            return 0;
-        }
-        for (size_t j = 1; j <= k; j++) {
-            if (i + j >= n || (s[i + j] & 0xc0) != 0x80)
-                return 0;
-            cp = (cp << 6) | (s[i + j] & 0x3f);
-        }
-        if ((k == 2 && cp < 0x800) || (k == 3 && cp < 0x10000) ||
-            cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-            return 0;
-        i += k + 1;
-    }
-    return 1;
-}
 
 static void receive(struct lws *wsi, struct sb_ws_conn *c, const void *in,
                     size_t len)
@@ -501,7 +465,7 @@ static void receive(struct lws *wsi, struct sb_ws_conn *c, const void *in,
         start_close(c, SB_WS_POLICY, "rate limit");
         return;
     }
-    if (!valid_utf8((const unsigned char *)c->rx.data, c->rx.len)) {
+    if (!sb_utf8_valid(c->rx.data, c->rx.len)) {
         sb_buf_reset(&c->rx);
         start_close(c, SB_WS_INVALID_DATA, "invalid UTF-8");
         return;

@@ -16,39 +16,6 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static int utf8_valid(const unsigned char *p, size_t n)
-{
-    size_t i = 0;
-
-    while (i < n) {
-        unsigned c = p[i], cp, min;
-        size_t len;
-
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if (c >= 0xc2 && c <= 0xdf) {
-            len = 2, cp = c & 0x1f, min = 0x80;
-        } else if (c >= 0xe0 && c <= 0xef) {
-            len = 3, cp = c & 0x0f, min = 0x800;
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            len = 4, cp = c & 0x07, min = 0x10000;
-        } else {
-            return 0;
-        }
-        if (n - i < len)
-            return 0;
-        for (size_t k = 1; k < len; k++) {
-            if ((p[i + k] & 0xc0) != 0x80)
-                return 0;
-            cp = (cp << 6) | (p[i + k] & 0x3f);
-        }
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-            return 0;
-        i += len;
-    }
-    return 1;
-}
 
 static void check_printable(const char *s, size_t cap)
 {
@@ -138,7 +105,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     sb_buf_init(&out, 0);
     if (sb_json_dump_buf(j, &out) < 0)
         abort();
-    if (!utf8_valid((const unsigned char *)out.data, out.len))
+    if (!sb_utf8_valid(out.data, out.len))
         abort();
     again = sb_json_parse_body(out.data, out.len, &err);
     if (!again || !json_equal(j, again))

@@ -31,40 +31,6 @@
 
 /* ---- helpers --------------------------------------------------------- */
 
-/* 1 when p[0..n) is valid UTF-8 (no overlongs, surrogates, > U+10FFFF). */
-static int utf8_valid(const unsigned char *p, size_t n)
-{
-    size_t i = 0;
-
-    while (i < n) {
-        unsigned c = p[i], cp, min;
-        size_t len;
-
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if (c >= 0xc2 && c <= 0xdf) {
-            len = 2, cp = c & 0x1f, min = 0x80;
-        } else if (c >= 0xe0 && c <= 0xef) {
-            len = 3, cp = c & 0x0f, min = 0x800;
-        } else if (c >= 0xf0 && c <= 0xf4) {
-            len = 4, cp = c & 0x07, min = 0x10000;
-        } else {
-            return 0;
-        }
-        if (n - i < len)
-            return 0;
-        for (size_t k = 1; k < len; k++) {
-            if ((p[i + k] & 0xc0) != 0x80)
-                return 0;
-            cp = (cp << 6) | (p[i + k] & 0x3f);
-        }
-        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-            return 0;
-        i += len;
-    }
-    return 1;
-}
 
 /* n levels of {"a": ...} around {} ; n >= 1 */
 static char *nested_objects(int n)
@@ -574,7 +540,7 @@ static void test_error_body(void **state)
         sb_buf_appends(&out, "prefix:");
         sb_json_error_body(&out, rows[i].error, rows[i].field);
         assert_int_equal(strncmp(out.data, "prefix:", 7), 0);
-        assert_true(utf8_valid((const unsigned char *)out.data, out.len));
+        assert_true(sb_utf8_valid(out.data, out.len));
         j = json_loadb(out.data + 7, out.len - 7, JSON_REJECT_DUPLICATES,
                        &jerr);
         if (!j)
@@ -745,9 +711,9 @@ static void check_accepted(const char *name, json_t *j)
 
     sb_buf_init(&out, 0);
     assert_int_equal(sb_json_dump_buf(j, &out), 0);
-    if (!utf8_valid((const unsigned char *)out.data, out.len))
+    if (!sb_utf8_valid(out.data, out.len))
         print_error("corpus: %s: output not UTF-8\n", name);
-    assert_true(utf8_valid((const unsigned char *)out.data, out.len));
+    assert_true(sb_utf8_valid(out.data, out.len));
     again = sb_json_parse_body(out.data, out.len, &err);
     if (!again)
         print_error("corpus: %s: re-parse failed: %s\n", name, err.error);
