@@ -144,7 +144,6 @@ static const char *const locales[] = {"ru", "en", NULL};
 struct contact_req {
     struct sb_http_req *req;
     char channel[16];
-    char direction[16];
 };
 
 static void on_ingested(enum sb_store_status st,
@@ -164,7 +163,7 @@ static void on_ingested(enum sb_store_status st,
         sb_metric_add(API.m_duplicates, 1, c->channel);
     else
         sb_metric_add(API.m_ingested, 1, c->channel);
-    sb_api_route_after_ingest(c->channel, c->direction, res);
+    sb_api_route_after_ingest(res);
     j = json_pack("{s:s, s:s, s:o, s:b, s:b, s:b, s:b}", "id", res->contact_id,
                   "customer", res->customer_id, "conversation",
                   res->conversation_id[0] ? json_string(res->conversation_id)
@@ -276,7 +275,6 @@ static void h_contacts_post(struct sb_http_req *req)
     c = sb_calloc(1, sizeof(*c));
     c->req = req;
     snprintf(c->channel, sizeof(c->channel), "%s", in.channel);
-    snprintf(c->direction, sizeof(c->direction), "%s", in.direction);
     if (sb_contact_ingest(&in, on_ingested, c) < 0) {
         free(c);
         unavailable(req);

@@ -34,9 +34,8 @@ void sb_api_resolve(struct sb_http_req *req);
 void sb_api_note(struct sb_http_req *req);
 void sb_api_reply(struct sb_http_req *req);
 
-/* Hand an inbound conversation contact (chat, email, sms) to the router;
- * logs a failure, never blocks the caller's answer. */
-void sb_api_route_after_ingest(const char *channel, const char *direction,
-                               const struct sb_contact_result *res);
+/* Hand a contact's conversation to the router when ingest says it needs
+ * one (res->needs_route); logs a failure, never blocks the answer. */
+void sb_api_route_after_ingest(const struct sb_contact_result *res);
 
 #endif

@@ -404,13 +404,10 @@ static void on_routed(enum sb_store_status st, json_t *result,
     json_decref(result);
 }
 
-void sb_api_route_after_ingest(const char *channel, const char *direction,
-                               const struct sb_contact_result *res)
+void sb_api_route_after_ingest(const struct sb_contact_result *res)
 {
     char *conv;
 
-    (void)channel;
-    (void)direction;
     /* Ingest says when the router is needed (a new or resolved inbound
      * conversation): routing is a heavy script, not for every message. */
     if (res->duplicate || !res->needs_route || !res->conversation_id[0])
