@@ -29,6 +29,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "template.h"
+#include "tz.h"
 #include "util.h"
 
 enum { EX_OK = 0, EX_REFUSED = 1, EX_USAGE = 2, EX_UNREACHABLE = 3 };
@@ -461,6 +463,8 @@ enum {
     OPT_LIMIT = 1 << 3,
     OPT_SINCE = 1 << 4,
     OPT_COUNT = 1 << 5,
+    OPT_DIR = 1 << 6,
+    OPT_TZ = 1 << 7,
 };
 
 struct ct_args {
@@ -468,6 +472,7 @@ struct ct_args {
     int npos;
     const char *state, *queue, *agent, *since;
     long long limit, count;
+    const char *dir, *timezone;
 };
 
 struct ct_cmd {
@@ -1286,6 +1291,119 @@ static int cmd_presence(struct ct_args *a)
     return r;
 }
 
+/* ---- templates (local: no server) ---------------------------------------- */
+
+/* --dir, else $SB_TEMPLATES, else ./config/templates, else the installed
+ * directory. */
+static const char *template_dir(const char *opt)
+{
+    const char *env = getenv("SB_TEMPLATES");
+    struct stat st;
+
+    if (opt)
+        return opt;
+    if (env && *env)
+        return env;
+    if (stat("config/templates", &st) == 0 && S_ISDIR(st.st_mode))
+        return "config/templates";
+    return "/etc/switchboard/templates";
+}
+
+/* The notification's data object from a file or "-" (stdin). */
+static json_t *template_data(const char *path)
+{
+    json_error_t je;
+    json_t *j = strcmp(path, "-") == 0
+                    ? json_loadf(stdin, JSON_REJECT_DUPLICATES, &je)
+                    : json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+
+    if (!j) {
+        if (je.line > 0)
+            fprintf(stderr, "sbctl: %s:%d: %s\n",
+                    strcmp(path, "-") == 0 ? "stdin" : path, je.line,
+                    je.text);
+        else
+            fprintf(stderr, "sbctl: %s\n", je.text);
+        return NULL;
+    }
+    if (!json_is_object(j)) {
+        fprintf(stderr, "sbctl: %s: the data must be a JSON object\n",
+                strcmp(path, "-") == 0 ? "stdin" : path);
+        json_decref(j);
+        return NULL;
+    }
+    return j;
+}
+
+static int cmd_template(struct ct_args *a)
+{
+    static const char *const channels[] = {"email", "sms", "chat",
+                                           "webhook"};
+    const char *event = a->pos[1], *channel = a->pos[2];
+    const char *locale = a->pos[3], *dir = template_dir(a->dir), *used;
+    struct sb_tpl_set *set = NULL;
+    const struct sb_tpl *t;
+    struct sb_tpl_env env;
+    struct sb_rendered out = {NULL, NULL, NULL};
+    json_t *data = NULL, *ctx = NULL;
+    char err[512];
+    int r = EX_REFUSED, known = 0;
+
+    if (strcmp(a->pos[0], "render") != 0) {
+        fprintf(stderr, "sbctl: template: unknown action '%s' (there is "
+                        "only render)\n", a->pos[0]);
+        return EX_USAGE;
+    }
+    for (size_t i = 0; i < SB_ARRAY_LEN(channels); i++)
+        known |= strcmp(channel, channels[i]) == 0;
+    if (!known) {
+        fprintf(stderr, "sbctl: unknown channel '%s' (email, sms, chat or "
+                        "webhook)\n", channel);
+        return EX_USAGE;
+    }
+    if (a->timezone && !sb_tz_valid(a->timezone)) {
+        fprintf(stderr, "sbctl: unknown time zone '%s'\n", a->timezone);
+        return EX_USAGE;
+    }
+    if (!(set = sb_tpl_load(dir, err, sizeof(err)))) {
+        fprintf(stderr, "sbctl: %s\n", err);
+        goto out;
+    }
+    t = sb_tpl_find(set, event, channel, locale, NULL, &used);
+    if (!t) {
+        fprintf(stderr, "sbctl: no template for event '%s', channel '%s', "
+                        "locale '%s' in %s\n", event, channel, locale, dir);
+        goto out;
+    }
+    if (!(data = template_data(a->pos[4])))
+        goto out;
+    ctx = json_pack("{s:O, s:{s:s, s:s}, s:s, s:s, s:{s:s}}", "data", data,
+                    "customer", "id", "preview", "name", "Customer",
+                    "event", event, "ref", "preview", "notification", "id",
+                    "preview");
+    env.locale = used;
+    env.timezone = a->timezone;
+    if (!ctx || sb_tpl_render(t, ctx, &env, &out, err, sizeof(err)) < 0) {
+        fprintf(stderr, "sbctl: %s/%s.%s: %s\n", event, channel, used,
+                ctx ? err : "cannot build the context");
+        goto out;
+    }
+    printf("locale: %s\n", used);
+    if (out.subject)
+        printf("Subject: %s\n", out.subject);
+    printf("\n%s\n", out.text);
+    if (out.html)
+        printf("\n----- html -----\n%s\n", out.html);
+    r = EX_OK;
+out:
+    sb_rendered_free(&out);
+    json_decref(ctx);
+    json_decref(data);
+    sb_tpl_free(set);
+    sb_tz_cleanup();
+    return r;
+}
+
 /* ---- the command table, usage, main -------------------------------------- */
 
 static const struct ct_cmd CMDS[] = {
@@ -1319,6 +1437,10 @@ static const struct ct_cmd CMDS[] = {
      "transfer to an agent or a queue", 1, 1, OPT_AGENT | OPT_QUEUE, 1,
      cmd_transfer},
     {"note", "CONV TEXT", "add an internal note", 2, 2, 0, 1, cmd_note},
+    {"template", "render EVENT CHANNEL LOCALE DATA.json [--dir DIR] "
+     "[--timezone TZ]", "render a template locally (DATA.json: file or -)",
+     5, 5, OPT_DIR | OPT_TZ, 0,
+     cmd_template},
     {NULL, NULL, NULL, 0, 0, 0, 0, NULL},
 };
 
@@ -1358,7 +1480,8 @@ static void cmd_usage(FILE *f, const struct ct_cmd *c)
 }
 
 enum {
-    LO_STATE = 256, LO_QUEUE, LO_AGENT, LO_LIMIT, LO_SINCE, LO_COUNT
+    LO_STATE = 256, LO_QUEUE, LO_AGENT, LO_LIMIT, LO_SINCE, LO_COUNT,
+    LO_DIR, LO_TZ
 };
 
 static const struct option OPTS[] = {
@@ -1372,6 +1495,8 @@ static const struct option OPTS[] = {
     {"limit", required_argument, NULL, LO_LIMIT},
     {"since", required_argument, NULL, LO_SINCE},
     {"count", required_argument, NULL, LO_COUNT},
+    {"dir", required_argument, NULL, LO_DIR},
+    {"timezone", required_argument, NULL, LO_TZ},
     {NULL, 0, NULL, 0},
 };
 
@@ -1405,7 +1530,8 @@ static int parse_cmd(const struct ct_cmd *cmd, int argc, char **argv,
                      struct ct_args *a)
 {
     static const unsigned bit[] = {OPT_STATE, OPT_QUEUE, OPT_AGENT,
-                                   OPT_LIMIT, OPT_SINCE, OPT_COUNT};
+                                   OPT_LIMIT, OPT_SINCE, OPT_COUNT,
+                                   OPT_DIR, OPT_TZ};
     int c;
 
     memset(a, 0, sizeof(*a));
@@ -1427,6 +1553,8 @@ static int parse_cmd(const struct ct_cmd *cmd, int argc, char **argv,
         case LO_STATE: a->state = optarg; break;
         case LO_QUEUE: a->queue = optarg; break;
         case LO_AGENT: a->agent = optarg; break;
+        case LO_DIR: a->dir = optarg; break;
+        case LO_TZ: a->timezone = optarg; break;
         case LO_SINCE:
             if (!optarg[0] ||
                 strspn(optarg, "0123456789-") != strlen(optarg)) {

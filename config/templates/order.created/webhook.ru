@@ -1,0 +1,1 @@
+Заказ № {{ data.order }} принят. Сумма: {{ data.amount | money:data.currency }}.

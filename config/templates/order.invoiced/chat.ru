@@ -1,0 +1,1 @@
+Здравствуйте, {{ customer.name | default:"уважаемый клиент" }}! По Вашему заказу № {{ data.order }} выставлен счёт на сумму {{ data.amount | money:data.currency }}. Просим оплатить его до {{ data.due_date | date }}.

@@ -1,0 +1,1 @@
+Счёт по заказу № {{ data.order }}: {{ data.amount | money:data.currency }}. Просим оплатить до {{ data.due_date | date }}.

@@ -1,0 +1,1 @@
+Оплата {{ data.amount | money:data.currency }} по заказу № {{ data.order }} получена. Спасибо!

@@ -1,0 +1,1 @@
+Заказ № {{ data.order }} оплачен. Сумма: {{ data.amount | money:data.currency }}.

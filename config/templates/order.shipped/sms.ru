@@ -1,0 +1,1 @@
+Заказ № {{ data.order }} отправлен ({{ data.carrier }}). Отследить: {{ data.tracking_url }}

@@ -1,0 +1,1 @@
+Заказ № {{ data.order }} отправлен. Перевозчик: {{ data.carrier }}. Отслеживание: {{ data.tracking_url }}

@@ -1,0 +1,1 @@
+Обращение № {{ data.ticket }}: {{ data.status }}.
