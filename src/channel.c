@@ -16,10 +16,12 @@
 
 extern const struct sb_channel_ops sb_chan_file;
 extern const struct sb_channel_ops sb_chan_webchat;
+extern const struct sb_channel_ops sb_chan_webhook;
 
 const struct sb_channel_ops *const sb_channel_drivers[] = {
     &sb_chan_file,
     &sb_chan_webchat,
+    &sb_chan_webhook,
     NULL,
 };
 

@@ -58,6 +58,10 @@ struct sb_outmsg {
     const char *references;
     const char *conversation; /* conversation id, may be NULL */
     const char *customer;     /* customer id, may be NULL */
+    const char *meta_json;    /* JSON object about the message for drivers
+                                 that carry structure (webhook): for a
+                                 notification {"notification","event",
+                                 "ref","locale","data"}; may be NULL */
     void *user;               /* the caller's */
 };
 
@@ -79,7 +83,14 @@ struct sb_channel_ops {
      * values after SIGHUP (borrowed for the call). 0 or -1 (logged; the
      * old values stay). */
     int (*reload)(struct sb_channel *ch, const void *conf);
+    /* SB_CHAN_* */
+    unsigned flags;
 };
+
+/* The driver reports delivery later (SMS DLRs, bounces) through
+ * sb_notify_report() (notify.h): a notification sent through it waits for
+ * the final report, up to [notify] report_deadline. */
+#define SB_CHAN_REPORTS 0x1u
 
 /* The core's handle on one configured channel. */
 struct sb_channel {

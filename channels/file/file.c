@@ -664,4 +664,5 @@ const struct sb_channel_ops sb_chan_file = {
     file_send,
     file_stop,
     NULL, /* no reload: [file] changes need a restart */
+    0,    /* no delivery reports */
 };

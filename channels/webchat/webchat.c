@@ -1988,4 +1988,5 @@ const struct sb_channel_ops sb_chan_webchat = {
     chat_send,
     chat_stop,
     chat_reload,
+    0, /* no delivery reports */
 };

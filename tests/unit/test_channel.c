@@ -176,7 +176,7 @@ static void fake_stop(struct sb_channel *ch)
 }
 
 static const struct sb_channel_ops fake_ops = {
-    "fake", &fake_section, fake_start, fake_send, fake_stop, NULL,
+    "fake", &fake_section, fake_start, fake_send, fake_stop, NULL, 0,
 };
 
 /* ---- the driver table ---------------------------------------------------- */
