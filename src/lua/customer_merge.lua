@@ -158,8 +158,12 @@ local function main()
     end
     local oo = '{}'
     if next(opt_out) ~= nil then oo = cjson.encode(opt_out) end
+    local quiet = type(pi.quiet_hours) == 'table' and pi.quiet_hours or
+        (type(pf.quiet_hours) == 'table' and pf.quiet_hours or nil)
+    local qh = ''
+    if quiet then qh = ',"quiet_hours":' .. cjson.encode(quiet) end
     redis.call('HSET', ki, 'tags', enc_array(tags), 'prefs',
-        '{"order":' .. enc_array(order) .. ',"opt_out":' .. oo .. '}',
+        '{"order":' .. enc_array(order) .. ',"opt_out":' .. oo .. qh .. '}',
         'updated', now, unpack(sets))
     redis.call('HSET', kf, 'merged_into', into, 'updated', now)
     return { redis.call('HGETALL', ki), redis.call('SMEMBERS', ki .. ':ids') }

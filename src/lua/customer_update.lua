@@ -5,7 +5,8 @@
 --   tags: array of strings (replaces the list);
 --   preferences: {"order": [channel, ...] (replaces),
 --                 "opt_out": {channel: {"at":ms,"source":".."} | true
---                             (recorded now) | null/false (removed)}};
+--                             (recorded now) | null/false (removed)},
+--                 "quiet_hours": {"from":"22:00","to":"08:00"} | null};
 --   identities: {"email": [...], "phone": [...], "chat": [...]} to add,
 --     already normalised.
 -- A merged id updates the surviving customer. Everything is checked before
@@ -53,6 +54,12 @@ local function str_list(name, t, maxn, maxlen, pattern)
     return out
 end
 
+-- "HH:MM", 00:00..23:59.
+local function hhmm(s)
+    local h, m = string.match(s, '^(%d%d):(%d%d)$')
+    return h and tonumber(h) < 24 and tonumber(m) < 60
+end
+
 local STRINGS = { name = 256, locale = 16, timezone = 64, tier = 32,
                   curator = 128 }
 local IDENT_TYPES = { email = true, phone = true, chat = true }
@@ -98,6 +105,8 @@ local function main()
             if not is_array(order) then order = {} end
             local opt_out = cur.opt_out
             if type(opt_out) ~= 'table' then opt_out = {} end
+            local quiet = cur.quiet_hours
+            if type(quiet) ~= 'table' then quiet = nil end
             for pk, pv in pairs(v) do
                 if pk == 'order' then
                     order = str_list('preferences.order', pv, 16, 32, CHANNEL)
@@ -122,6 +131,17 @@ local function main()
                                 ' must be an object, true or null')
                         end
                     end
+                elseif pk == 'quiet_hours' then
+                    if pv == cjson.null or pv == false then
+                        quiet = nil
+                    elseif type(pv) == 'table' and type(pv.from) == 'string'
+                        and type(pv.to) == 'string' and hhmm(pv.from) and
+                        hhmm(pv.to) then
+                        quiet = { from = pv.from, to = pv.to }
+                    else
+                        fail('INVALID', 'preferences.quiet_hours must be ' ..
+                            '{"from":"HH:MM","to":"HH:MM"} or null')
+                    end
                 else
                     fail('INVALID', 'preferences: unknown field ' ..
                         tostring(pk))
@@ -130,8 +150,10 @@ local function main()
             local oo = '{}'
             if next(opt_out) ~= nil then oo = cjson.encode(opt_out) end
             sets[#sets + 1] = 'prefs'
+            local qh = ''
+            if quiet then qh = ',"quiet_hours":' .. cjson.encode(quiet) end
             sets[#sets + 1] = '{"order":' .. enc_array(order) ..
-                ',"opt_out":' .. oo .. '}'
+                ',"opt_out":' .. oo .. qh .. '}'
         elseif k == 'identities' then
             if type(v) ~= 'table' or is_array(v) and next(v) ~= nil then
                 fail('INVALID', 'identities must be an object')

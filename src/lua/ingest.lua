@@ -33,37 +33,6 @@ local function now_ms()
     return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- "1700000000000-5" -> "1700000000000005": ms * 1000 + seq (seq clamped to
--- 999), built as a string so no float formatting loses digits.
-local function tl_score(id)
-    local ms, seq = string.match(id, '^(%d+)%-(%d+)$')
-    local s = tonumber(seq)
-    if s > 999 then s = 999 end
-    return ms .. string.format('%03d', s)
-end
-
-local function proposal_json(a, b, ident, at)
-    return '{"a":' .. cjson.encode(a) .. ',"b":' .. cjson.encode(b) ..
-        ',"identity":' .. cjson.encode(ident) .. ',"at":' .. at .. '}'
-end
-
--- Record that identity `ident`, owned by `b`, arrived with customer `a`;
--- once per (a, b, identity).
-local function propose(a, b, ident, at)
-    local set = P .. 'cust:' .. a .. ':proposals'
-    for _, m in ipairs(redis.call('SMEMBERS', set)) do
-        local ok, p = pcall(cjson.decode, m)
-        if ok and type(p) == 'table' and p.identity == ident and
-            ((p.a == a and p.b == b) or (p.a == b and p.b == a)) then
-            return
-        end
-    end
-    local m = proposal_json(a, b, ident, at)
-    redis.call('ZADD', P .. 'merge:proposals', at, m)
-    redis.call('SADD', set, m)
-    redis.call('SADD', P .. 'cust:' .. b .. ':proposals', m)
-end
-
 local IDENT_TYPES = { email = true, phone = true, chat = true }
 local ROUTED_CHANNELS = { chat = true, email = true, sms = true }
 local DIRECTIONS = { ['in'] = true, out = true, internal = true }
@@ -155,13 +124,8 @@ local function main()
         cust = resolve(cust_arg)
         if not cust then fail('NOTFOUND', 'no such customer') end
     end
-    local owners = {}
-    for i = 1, nids do
-        local o = redis.call('HGET', P .. 'identity', idents[i])
-        if o then o = resolve(o) end
-        owners[i] = o or false
-        if not cust and o then cust = o end
-    end
+    local owners
+    cust, owners = sb_idents_lookup(P, cust, idents) -- identify.lua
     local conv
     if string.match(conv_arg, '^cv_') then
         local c = redis.call('HGET', P .. 'conv:' .. conv_arg, 'customer')
@@ -183,30 +147,8 @@ local function main()
     if ts == '0' then ts = string.format('%d', now) end
     local new_customer, new_conv, proposed = 0, 0, 0
 
-    if not cust then
-        cust = 'cu_' .. redis.call('INCR', P .. 'seq:customer')
-        redis.call('HSET', P .. 'cust:' .. cust, 'id', cust, 'name', name,
-            'locale', locale, 'timezone', '', 'tier', '', 'tags', '[]',
-            'curator', '', 'prefs', '{"order":[],"opt_out":{}}',
-            'created', now, 'updated', now)
-        new_customer = 1
-    end
-    local attached = false
-    for i = 1, nids do
-        local o = owners[i]
-        if not o then
-            if redis.call('HSETNX', P .. 'identity', idents[i], cust) == 1 then
-                redis.call('SADD', P .. 'cust:' .. cust .. ':ids', idents[i])
-                attached = true
-            end
-        elseif o ~= cust then
-            propose(cust, o, idents[i], now)
-            proposed = 1
-        end
-    end
-    if attached and new_customer == 0 then
-        redis.call('HSET', P .. 'cust:' .. cust, 'updated', now)
-    end
+    cust, new_customer, proposed = sb_idents_attach(P, cust, idents,
+        owners, name, locale, now)
 
     if conv_arg == '' then
         local open = redis.call('HGET', P .. 'cust:' .. cust .. ':open',
@@ -241,6 +183,18 @@ local function main()
         redis.call('ZADD', P .. 'cust:' .. cust .. ':convs', now, conv)
         redis.call('HSET', P .. 'cust:' .. cust .. ':open', channel, conv)
         new_conv = 1
+        -- A customer answering a notification (an SMS or e-mail reply in
+        -- the channel it came by, within a week) opens a conversation
+        -- about the same order or ticket: link it to the notification.
+        if direction == 'in' and (channel == 'sms' or channel == 'email') then
+            local nl = redis.call('HGET', P .. 'cust:' .. cust, 'ntf_last')
+            local okn, last = pcall(cjson.decode, nl or '')
+            if okn and type(last) == 'table' and last.channel == channel and
+                type(last.at) == 'number' and now - last.at < REOPEN_MS then
+                redis.call('HSET', P .. 'conv:' .. conv, 'notification',
+                    last.ntf or '', 'ref', last.ref or '')
+            end
+        end
     end
 
     local cid = redis.call('XADD', P .. 'log', '*', 'type', ctype,
@@ -248,7 +202,7 @@ local function main()
         'conversation', conv or '', 'subject', subject, 'text', text,
         'source_id', source_id, 'provider_id', provider_id, 'agent', agent,
         'fields', fields, 'ts', ts)
-    local score = tl_score(cid)
+    local score = sb_tl_score(cid)
     redis.call('ZADD', P .. 'cust:' .. cust .. ':tl', score, cid)
     if conv then
         redis.call('ZADD', P .. 'conv:' .. conv .. ':tl', score, cid)
