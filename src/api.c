@@ -379,7 +379,8 @@ static int check_str_array(json_t *a, const char *field, size_t max_items,
     return 0;
 }
 
-static const char *const pref_channels[] = {"email", "sms", "chat", NULL};
+static const char *const pref_channels[] = {"email", "sms", "chat",
+                                            "webhook", NULL};
 
 static int check_preferences(json_t *p, struct sb_json_err *e)
 {
@@ -390,14 +391,17 @@ static int check_preferences(json_t *p, struct sb_json_err *e)
     if (sb_json_only(p, fields, e) < 0)
         return -1;
     if ((v = json_object_get(p, "order")) &&
-        check_str_array(v, "preferences.order", 3, 8, pref_channels, e) < 0)
+        check_str_array(v, "preferences.order", 4, 8, pref_channels, e) < 0)
         return -1;
     if ((v = json_object_get(p, "opt_out")) && !json_is_object(v))
         return sb_json_fail(e, "preferences.opt_out", "must be an object");
     if ((v = json_object_get(p, "opt_in")) && !json_is_object(v))
         return sb_json_fail(e, "preferences.opt_in", "must be an object");
-    if ((v = json_object_get(p, "quiet_hours")) && !json_is_object(v))
-        return sb_json_fail(e, "preferences.quiet_hours", "must be an object");
+    if ((v = json_object_get(p, "quiet_hours")) && !json_is_object(v) &&
+        !json_is_null(v))
+        return sb_json_fail(e, "preferences.quiet_hours",
+                            "must be {\"from\":\"HH:MM\",\"to\":\"HH:MM\"} "
+                            "or null");
     return 0;
 }
 
@@ -695,6 +699,18 @@ static const struct sb_route routes[] = {
     {SB_GET, "/api/v1/agents", sb_api_agents, READ_CUSTOMERS, NULL},
     {SB_PUT, "/api/v1/agents/{}/presence", sb_api_presence,
      SB_ACCESS_AGENT | SB_SCOPE_ADMIN, NULL},
+    {SB_POST, "/api/v1/notifications", sb_api_notify_post,
+     SB_SCOPE_NOTIFY | SB_ACCESS_OPERATOR, NULL},
+    {SB_GET, "/api/v1/notifications/{}", sb_api_notify_get,
+     SB_SCOPE_NOTIFY | SB_ACCESS_AGENT, NULL},
+    {SB_GET, "/api/v1/notify/queues", sb_api_notify_queues,
+     SB_SCOPE_NOTIFY | SB_ACCESS_OPERATOR, NULL},
+    {SB_GET, "/api/v1/dlq", sb_api_dlq_list,
+     SB_SCOPE_NOTIFY | SB_ACCESS_OPERATOR, NULL},
+    {SB_POST, "/api/v1/dlq/{}/retry", sb_api_dlq_retry,
+     SB_SCOPE_NOTIFY | SB_ACCESS_OPERATOR, NULL},
+    {SB_DELETE, "/api/v1/dlq/{}", sb_api_dlq_drop,
+     SB_SCOPE_NOTIFY | SB_ACCESS_OPERATOR, NULL},
     {0, NULL, NULL, 0, NULL},
 };
 

@@ -33,6 +33,13 @@ void sb_api_transfer(struct sb_http_req *req);
 void sb_api_resolve(struct sb_http_req *req);
 void sb_api_note(struct sb_http_req *req);
 void sb_api_reply(struct sb_http_req *req);
+/* api_notify.c */
+void sb_api_notify_post(struct sb_http_req *req);
+void sb_api_notify_get(struct sb_http_req *req);
+void sb_api_notify_queues(struct sb_http_req *req);
+void sb_api_dlq_list(struct sb_http_req *req);
+void sb_api_dlq_retry(struct sb_http_req *req);
+void sb_api_dlq_drop(struct sb_http_req *req);
 
 /* Hand a contact's conversation to the router when ingest says it needs
  * one (res->needs_route); logs a failure, never blocks the answer. */

@@ -14,6 +14,7 @@
 #include "http.h"
 #include "normalize.h"
 #include "redis.h"
+#include "notify.h"
 #include "outbound.h"
 #include "router.h"
 
@@ -87,6 +88,8 @@ static const struct sb_conf_section *const core_sections[] = {
     &sb_rule_conf_section,
     &sb_channels_conf_section,
     &sb_console_conf_section,
+    &sb_notify_conf_section,
+    &sb_throttle_conf_section,
 };
 
 const struct sb_conf_section *const *sb_core_sections(void)

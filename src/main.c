@@ -32,6 +32,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "outbound.h"
+#include "notify.h"
 #include "redis.h"
 #include "router.h"
 #include "static.h"
@@ -115,7 +116,8 @@ static void shutdown_now(void)
     close_handle((uv_handle_t *)&M.route_tick);
     sb_http_stop();
     sb_console_stop();
-    sb_channels_stop();
+    sb_channels_stop(); /* cancels sends: before the dispatcher goes */
+    sb_notify_stop();
     sb_worker_shutdown();
     sb_httpc_shutdown();
     sb_events_stop();
@@ -128,7 +130,7 @@ static void on_drain_tick(uv_timer_t *t)
     /* WebSocket clients got 1001 at drain start; wait for their close
      * handshakes too (bounded by the deadline below). */
     if (sb_http_inflight() == 0 && sb_worker_inflight() == 0 &&
-        sb_ws_count() == 0) {
+        sb_ws_count() == 0 && sb_notify_inflight() == 0) {
         shutdown_now();
         return;
     }
@@ -153,6 +155,7 @@ static void on_term(uv_signal_t *s, int signum)
     SB_NOTICE(MAIN_PLACE, "draining signal=%d deadline_ms=%lld", signum,
               cc->drain_timeout);
     sb_http_drain();
+    sb_notify_drain();
     M.drain_deadline = uv_now(&M.loop) + (uint64_t)cc->drain_timeout;
     uv_timer_start(&M.drain, on_drain_tick, 0, 20);
 }
@@ -320,6 +323,9 @@ static void on_hup(uv_signal_t *s, int signum)
         sb_config_free(c);
     } else {
         apply_config(c);
+        if (sb_notify_config(c, err, sizeof(err)) < 0)
+            SB_ERR(MAIN_PLACE, "templates not reloaded, keeping the "
+                   "running ones: %s", err);
         sb_channels_reload(c);
         sb_config_free(M.conf);
         M.conf = c;
@@ -421,6 +427,8 @@ static int run(void)
     sb_events_start(&M.loop, rc, rc->prefix);
     sb_api_init(M.redis, is_ready);
     apply_config(M.conf);
+    if (sb_notify_init(&M.loop, M.redis, M.conf) < 0)
+        return 1;
     {
         char err[512];
         if (sb_router_config(M.conf, err, sizeof(err)) < 0) {

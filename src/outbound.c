@@ -26,6 +26,10 @@ static const struct sb_conf_key channels_keys[] = {
      "driver that carries e-mail (file in development)"},
     {"sms", SB_CONF_STR, offsetof(struct sb_channels_conf, sms), NULL, 0, 32,
      NULL, SB_CONF_RELOAD, "driver that carries SMS (file in development)"},
+    {"webhook", SB_CONF_STR, offsetof(struct sb_channels_conf, webhook),
+     "webhook", 0, 32, NULL, SB_CONF_RELOAD,
+     "driver that carries notifications to customers' bots (notifications "
+     "only: agents' replies never fall back to it)"},
     {NULL, 0, 0, NULL, 0, 0, NULL, 0, NULL},
 };
 
@@ -37,18 +41,18 @@ const struct sb_conf_section sb_channels_conf_section = {
 };
 
 static struct {
-    char *drivers[3]; /* chat, email, sms */
+    char *drivers[4]; /* chat, email, sms, webhook */
     struct sb_metric *m_replies;
 } O;
 
-static const char *const chan_names[] = {"chat", "email", "sms"};
+static const char *const chan_names[] = {"chat", "email", "sms", "webhook"};
 
 void sb_outbound_config(const struct sb_config *conf)
 {
     const struct sb_channels_conf *c = sb_config_get(conf, "channels");
-    const char *v[3] = {c->chat, c->email, c->sms};
+    const char *v[4] = {c->chat, c->email, c->sms, c->webhook};
 
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 4; i++) {
         free(O.drivers[i]);
         O.drivers[i] = v[i] && *v[i] ? sb_strdup(v[i]) : NULL;
     }
@@ -57,6 +61,14 @@ void sb_outbound_config(const struct sb_config *conf)
                                         "Agent replies by channel used and "
                                         "result",
                                         "channel,result");
+}
+
+struct sb_channel *sb_outbound_channel(const char *channel)
+{
+    for (int i = 0; i < 4; i++)
+        if (strcmp(channel, chan_names[i]) == 0)
+            return O.drivers[i] ? sb_channel_get(O.drivers[i]) : NULL;
+    return NULL;
 }
 
 static int chan_index(const char *name)

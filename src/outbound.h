@@ -25,11 +25,17 @@ struct sb_channels_conf {
     char *chat;
     char *email;
     char *sms;
+    char *webhook; /* notifications only */
 };
 
 extern const struct sb_conf_section sb_channels_conf_section; /* [channels] */
 
 void sb_outbound_config(const struct sb_config *conf);
+
+struct sb_channel;
+/* The running driver that carries a customer channel ("chat", "email",
+ * "sms", "webhook"), or NULL when none is configured or started. */
+struct sb_channel *sb_outbound_channel(const char *channel);
 
 /* Reply in conversation conv as agent (its display name goes to the
  * customer). client_id, when given, makes a retried request safe: the same

@@ -403,10 +403,8 @@ static const struct {
     {"INVALID", SB_STORE_INVALID},
 };
 
-/* Map an error reply: our script prefixes, else unavailable. *msg points
- * into text, past the prefix. */
-static enum sb_store_status st_map_error(const struct st_req *q,
-                                         const char *text, const char **msg)
+enum sb_store_status sb_store_map_error(const char *script, const char *text,
+                                       const char **msg)
 {
     size_t i, n;
     char safe[160];
@@ -419,10 +417,16 @@ static enum sb_store_status st_map_error(const struct st_req *q,
             return st_errors[i].st;
         }
     }
-    SB_WARN(ST_PLACE, "redis error script=%s err=\"%s\"", q->script,
+    SB_WARN(ST_PLACE, "redis error script=%s err=\"%s\"", script,
             sb_log_safe(text, safe, sizeof(safe)));
     *msg = text;
     return SB_STORE_UNAVAILABLE;
+}
+
+static enum sb_store_status st_map_error(const struct st_req *q,
+                                         const char *text, const char **msg)
+{
+    return sb_store_map_error(q->script, text, msg);
 }
 
 static void st_ingest_done(const struct st_req *q, const redisReply *r)

@@ -88,6 +88,12 @@ typedef void sb_contact_cb(enum sb_store_status st,
 typedef void sb_store_json_cb(enum sb_store_status st, json_t *result,
                               const char *err, void *arg);
 
+/* Map a script's error reply ("NOTFOUND ...", "CONFLICT ...", "INVALID
+ * ...") to a status, *msg past the prefix; anything else is logged (with
+ * the script's name) and is UNAVAILABLE. */
+enum sb_store_status sb_store_map_error(const char *script, const char *text,
+                                       const char **msg);
+
 /* Bind the store to a Redis connection (borrowed; outlives the store) and
  * the key prefix. */
 void sb_store_init(struct sb_redis *r, const char *prefix);

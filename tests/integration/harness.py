@@ -396,6 +396,7 @@ def base_config(tmp, port, redis_sock):
                  "login_fail_max": "5", "login_fail_window": "15m",
                  "login_ip_fail_max": "20"},
         "file": {"dir": os.path.join(tmp, "outbox")},
+        "notify": {"templates": os.path.join(ROOT, "config", "templates")},
     }
     for kid, k in s["apikeys"].items():
         conf["apikey " + kid] = {"hash": k["hash"], "scopes": k["scopes"]}

@@ -4,8 +4,10 @@
 // "dashboard" frame: the queues (waiting, longest wait, agents online and
 // busy, SLA breaches) and the agents (presence, load, offers). The server
 // sends a frame within a second of any change; between frames the waits
-// and "updated N s ago" tick locally. Every value from the network is
-// inserted with textContent.
+// and "updated N s ago" tick locally. The notification queues (stream
+// backlog, pending, retry schedule, dead letters, rejects, per-channel
+// queues) come from GET /api/v1/notify/queues every NOTIFY_MS. Every value
+// from the network is inserted with textContent.
 'use strict';
 
 (function () {
@@ -14,6 +16,7 @@
   const PING_MS = 20000;
   const BACKOFF_MIN = 1000;
   const BACKOFF_MAX = 30000;
+  const NOTIFY_MS = 3000;
   const OPERATORS_ONLY = 'The dashboard is for operators only: log in ' +
     'with an operator account.';
 
@@ -25,6 +28,7 @@
   let pingTimer = null;
   let last = null;       // the last dashboard frame
   let lastAt = 0;        // when it arrived (Date.now())
+  let notifyTimer = null;
 
   function el(tag, cls, text) {
     const e = document.createElement(tag);
@@ -112,6 +116,10 @@
     last = null;
     $('queues').tBodies[0].replaceChildren();
     $('agents').tBodies[0].replaceChildren();
+    clearInterval(notifyTimer);
+    notifyTimer = null;
+    $('notify').tBodies[0].replaceChildren();
+    $('notify-channels').tBodies[0].replaceChildren();
     showLogin(msg);
   }
 
@@ -208,6 +216,7 @@
       clearInterval(pingTimer);
       pingTimer = setInterval(() => send({ type: 'ping' }), PING_MS);
       send({ type: 'watch' });
+      startNotify();
       break;
     case 'dashboard':
       last = m;
@@ -269,6 +278,44 @@
       ab.append(tr);
     }
     tick();
+  }
+
+  async function pollNotify() {
+    if (!token || $('board').hidden) return;
+    const r = await api('GET', '/api/v1/notify/queues');
+    const nb = $('notify').tBodies[0];
+    const cb = $('notify-channels').tBodies[0];
+    if (r.status !== 200 || !r.data) {
+      $('notify-error').textContent = r.status === 503 ?
+        'notification figures unavailable (Redis)' :
+        r.status ? 'notification figures: HTTP ' + r.status : '';
+      return;
+    }
+    $('notify-error').textContent = '';
+    const d = r.data;
+    const tr = el('tr');
+    const dead = num(d.dead);
+    if (d.dead > 0) dead.classList.add('alert');
+    tr.append(num(d.backlog < 0 ? '?' : d.backlog), num(d.pending),
+      num(d.inflight), num(d.scheduled), dead, num(d.rejects),
+      el('td', null, (d.consumers || []).map((c) => c.name + ' (' +
+        c.pending + ')').join(', ')));
+    nb.replaceChildren(tr);
+    cb.replaceChildren();
+    for (const [name, c] of Object.entries(d.channels || {})) {
+      const row = el('tr');
+      row.dataset.channel = name;
+      row.append(el('td', 'name', name),
+        el('td', null, c.driver ? 'yes' : 'no'), num(c.queued),
+        num(c.inflight));
+      cb.append(row);
+    }
+  }
+
+  function startNotify() {
+    if (notifyTimer) return;
+    pollNotify();
+    notifyTimer = setInterval(pollNotify, NOTIFY_MS);
   }
 
   function tick() {
