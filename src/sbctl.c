@@ -732,19 +732,88 @@ static int cmd_find(struct ct_args *a)
 
 /* ---- tables of the routing state ----------------------------------------- */
 
+/* The notification queues under the conversation queues (operators and
+ * keys with the notify scope; others see only the first table). */
+static void print_notify_queues(json_t *n)
+{
+    static const char *const cols[] = {
+        ">BACKLOG", ">PENDING", ">SCHEDULED", ">DEAD", ">REJECTS",
+        "CONSUMERS (PENDING)", NULL};
+    static const char *const ccols[] = {"CHANNEL", "DRIVER", ">WAITING",
+                                        ">SENDING", NULL};
+    struct ct_table t;
+    struct sb_buf cons;
+    char v0[24], v1[24], v2[24], v3[24], v4[24], q[24], f[24];
+    const char *v[6], *cv[4];
+    const char *k;
+    json_t *c;
+    size_t i;
+
+    printf("\nnotifications\n");
+    tbl_init(&t, cols);
+    snprintf(v0, sizeof(v0), "%lld", num(n, "backlog"));
+    snprintf(v1, sizeof(v1), "%lld", num(n, "pending"));
+    snprintf(v2, sizeof(v2), "%lld", num(n, "scheduled"));
+    snprintf(v3, sizeof(v3), "%lld", num(n, "dead"));
+    snprintf(v4, sizeof(v4), "%lld", num(n, "rejects"));
+    sb_buf_init(&cons, 0);
+    sb_buf_appends(&cons, "");
+    json_array_foreach(json_object_get(n, "consumers"), i, c)
+        sb_buf_printf(&cons, "%s%s (%lld)", i ? ", " : "", str(c, "name"),
+                      num(c, "pending"));
+    v[0] = v0;
+    v[1] = v1;
+    v[2] = v2;
+    v[3] = v3;
+    v[4] = v4;
+    v[5] = cons.len ? cons.data : "-";
+    tbl_row(&t, v, 0);
+    tbl_print(&t);
+    sb_buf_free(&cons);
+    printf("\n");
+    tbl_init(&t, ccols);
+    json_object_foreach(json_object_get(n, "channels"), k, c)
+    {
+        snprintf(q, sizeof(q), "%lld", num(c, "queued"));
+        snprintf(f, sizeof(f), "%lld", num(c, "inflight"));
+        cv[0] = k;
+        cv[1] = json_is_true(json_object_get(c, "driver")) ? "yes" : "no";
+        cv[2] = q;
+        cv[3] = f;
+        tbl_row(&t, cv, 0);
+    }
+    tbl_print(&t);
+}
+
 static int cmd_queues(struct ct_args *a)
 {
     static const char *const cols[] = {
         "QUEUE",   "STRATEGY", ">WAITING",      "LONGEST WAIT",
         ">ONLINE", ">BUSY",    ">SLA BREACHES", NULL};
     struct ct_table t;
-    json_t *j, *q;
+    json_t *j, *q, *n = NULL;
     size_t i;
-    int r = call("GET", "/api/v1/queues", NULL, &j);
+    int json = O.json, r;
 
-    if (r || O.json) {
+    O.json = 0;
+    r = call("GET", "/api/v1/queues", NULL, &j);
+    if (r == EX_OK && call("GET", "/api/v1/notify/queues", NULL, &n) != EX_OK)
+        n = NULL;
+    O.json = json;
+    if (r) {
         json_decref(j);
         return r;
+    }
+    if (json) {
+        if (n)
+            json_object_set(j, "notifications", n);
+        char *s = json_dumps(j, JSON_COMPACT);
+        if (s)
+            puts(s);
+        free(s);
+        json_decref(j);
+        json_decref(n);
+        return EX_OK;
     }
     tbl_init(&t, cols);
     json_array_foreach(json_object_get(j, "queues"), i, q)
@@ -776,6 +845,123 @@ static int cmd_queues(struct ct_args *a)
         tbl_row(&t, v, 0);
     }
     tbl_print(&t);
+    if (n)
+        print_notify_queues(n);
+    json_decref(j);
+    json_decref(n);
+    return EX_OK;
+}
+
+/* ---- notifications and dead letters ------------------------------------- */
+
+static int cmd_notify(struct ct_args *a)
+{
+    static const char *const cols[] = {">#", "CHANNEL", "TO", "RESULT",
+                                       "REPORT", "WHEN", "REASON", NULL};
+    char *id = esc(a->pos[0]);
+    char *p = sb_asprintf("/api/v1/notifications/%s", id);
+    struct ct_table t;
+    json_t *j, *at;
+    size_t i;
+    int r = call("GET", p, NULL, &j);
+
+    free(p);
+    free(id);
+    if (r || O.json) {
+        json_decref(j);
+        return r;
+    }
+    printf("%s  %s  customer %s  state %s", str(j, "id"), str(j, "event"),
+           str(j, "customer"), str(j, "state"));
+    if (json_string_value(json_object_get(j, "ref")))
+        printf("  ref %s", str(j, "ref"));
+    if (json_string_value(json_object_get(j, "reason")))
+        printf("\n  %s", str(j, "reason"));
+    printf("\n\n");
+    tbl_init(&t, cols);
+    json_array_foreach(json_object_get(j, "attempts"), i, at)
+    {
+        char n[16], when[64];
+        char *reason = cell(str(at, "reason"), CT_TEXT_MAX);
+        const char *v[7];
+
+        snprintf(n, sizeof(n), "%lld", num(at, "n"));
+        fmt_local(num(at, "at"), "%Y-%m-%d %H:%M:%S", when, sizeof(when));
+        v[0] = n;
+        v[1] = str(at, "channel");
+        v[2] = str(at, "to");
+        v[3] = str(at, "result");
+        v[4] = str(at, "report");
+        v[5] = when;
+        v[6] = reason;
+        tbl_row(&t, v, 0);
+        free(reason);
+    }
+    tbl_print(&t);
+    json_decref(j);
+    return EX_OK;
+}
+
+static int cmd_dlq(struct ct_args *a)
+{
+    static const char *const cols[] = {"NOTIFICATION", "EVENT", "CUSTOMER",
+                                       "DEAD SINCE", "REASON", NULL};
+    const char *op = a->pos[0];
+    struct ct_table t;
+    json_t *j, *e;
+    size_t i;
+    char *p, *id;
+    int r;
+
+    if (!strcmp(op, "retry") || !strcmp(op, "drop")) {
+        if (a->npos != 2) {
+            fprintf(stderr, "sbctl: dlq %s ID\n", op);
+            return EX_USAGE;
+        }
+        id = esc(a->pos[1]);
+        p = sb_asprintf(!strcmp(op, "retry") ? "/api/v1/dlq/%s/retry"
+                                             : "/api/v1/dlq/%s", id);
+        r = call(!strcmp(op, "retry") ? "POST" : "DELETE", p,
+                 !strcmp(op, "retry") ? "{}" : NULL, &j);
+        free(p);
+        free(id);
+        if (r == EX_OK && !O.json)
+            printf("%s: %s\n", a->pos[1],
+                   !strcmp(op, "retry") ? "queued again" : "dropped");
+        json_decref(j);
+        return r;
+    }
+    if (strcmp(op, "list") != 0 || a->npos != 1) {
+        fprintf(stderr, "sbctl: dlq list|retry ID|drop ID\n");
+        return EX_USAGE;
+    }
+    p = sb_asprintf("/api/v1/dlq?limit=%lld", a->limit > 0 ? a->limit : 50);
+    r = call("GET", p, NULL, &j);
+    free(p);
+    if (r || O.json) {
+        json_decref(j);
+        return r;
+    }
+    tbl_init(&t, cols);
+    json_array_foreach(json_object_get(j, "entries"), i, e)
+    {
+        char ago[32];
+        char *reason = cell(str(e, "reason"), CT_TEXT_MAX);
+        const char *v[5];
+
+        fmt_ago(num(e, "at"), ago, sizeof(ago));
+        v[0] = str(e, "id");
+        v[1] = str(e, "event");
+        v[2] = str(e, "customer");
+        v[3] = ago;
+        v[4] = reason;
+        tbl_row(&t, v, 0);
+        free(reason);
+    }
+    tbl_print(&t);
+    if (json_string_value(json_object_get(j, "next_before")))
+        printf("(more: the list shows the newest %lld)\n",
+               a->limit > 0 ? a->limit : 50);
     json_decref(j);
     return EX_OK;
 }
@@ -1410,8 +1596,12 @@ static const struct ct_cmd CMDS[] = {
     {"login", "USER", "read the password on stdin, save a token",
      1, 1, 0, 0, cmd_login},
     {"status", "", "is the server ready", 0, 0, 0, 0, cmd_status},
-    {"queues", "", "waiting, longest wait, agents, SLA", 0,
-     0, 0, 1, cmd_queues},
+    {"queues", "", "waiting, longest wait, agents, SLA; notification queues",
+     0, 0, 0, 1, cmd_queues},
+    {"notify", "ID", "a notification and every attempt", 1, 1, 0, 1,
+     cmd_notify},
+    {"dlq", "list [--limit N] | retry ID | drop ID",
+     "dead-letter queue of notifications", 1, 2, OPT_LIMIT, 1, cmd_dlq},
     {"agents", "", "presence, load, offers, idle since", 0, 0, 0, 1,
      cmd_agents},
     {"conversations", "[--state S] [--queue Q] [--agent A] [--limit N]",

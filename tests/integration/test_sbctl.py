@@ -523,3 +523,95 @@ def test_tail_retries_and_stops():
         assert p.returncode == 0, p.returncode
         notices = [x for x in err.rest() if "cannot reach" in x]
         assert len(notices) == 1, notices
+
+
+NOTIFY = {
+    "channels": {"email": "file"},
+    "file": {"fail_to": "dead@example.com"},
+    "notify": {"supersede_window": "0", "stats_interval": "200ms"},
+}
+
+
+def wait_state(env, c, nid, want, limit=10.0):
+    end = time.time() + limit
+    while time.time() < end:
+        r = c.get("/api/v1/notifications/" + nid)
+        if r.status == 200 and r.json["state"] == want:
+            return r.json
+        time.sleep(0.05)
+    raise AssertionError("%s never reached %s: %r" % (nid, want, r.json))
+
+
+def test_notify_dlq_queues_template():
+    with Env(dict(ROUTING, **NOTIFY)) as env:
+        c = env.new_client(env.login("olga"))
+        sb = Sb(env, token=c.token)
+        r = c.post("/api/v1/notifications", {
+            "event": "order.paid", "email": "dead@example.com",
+            "channels": ["email"],
+            "data": {"order": "A-7", "amount": "10", "currency": "RUB"}})
+        assert r.status == 202, r
+        nid = r.json["id"]
+        wait_state(env, c, nid, "dead")
+
+        rows = table(sb.ok("dlq", "list"))
+        assert [x["NOTIFICATION"] for x in rows] == [nid], rows
+        assert "fail_to" in rows[0]["REASON"], rows
+        assert sb.json("dlq", "list") == c.get("/api/v1/dlq?limit=50").json
+
+        out = sb.ok("notify", nid)
+        assert out.startswith("%s  order.paid  customer " % nid), out
+        assert "state dead" in out.split("\n")[0], out
+        att = table(out.split("\n\n", 1)[1])
+        assert len(att) == 1 and att[0]["RESULT"] == "permfail" and \
+            att[0]["CHANNEL"] == "email" and \
+            att[0]["TO"] == "dead@example.com", att
+
+        # the queue tables: conversation queues, then the notifications
+        deadline = time.time() + 5
+        while True:
+            j = sb.json("queues")
+            if j.get("notifications", {}).get("dead") == 1:
+                break
+            assert time.time() < deadline, j
+            time.sleep(0.1)
+        out = sb.ok("queues")
+        part = out.split("\nnotifications\n", 1)
+        assert len(part) == 2, out
+        figures = table(part[1].split("\n\n")[0])
+        assert figures[0]["DEAD"] == "1", figures
+        chans = by(table(part[1].split("\n\n")[1]), "CHANNEL")
+        assert chans["email"]["DRIVER"] == "yes", chans
+        assert chans["chat"]["DRIVER"] == "no", chans
+
+        # retry: it goes round again (fail_to still refuses it) and dies
+        # again with a second attempt; drop takes it off the list.
+        out = sb.ok("dlq", "retry", nid)
+        assert out == "%s: queued again\n" % nid, out
+        deadline = time.time() + 10
+        while True:
+            j = c.get("/api/v1/notifications/" + nid).json
+            if j["state"] == "dead" and len(j["attempts"]) == 2:
+                break
+            assert time.time() < deadline, j
+            time.sleep(0.05)
+        assert sb.ok("dlq", "drop", nid) == "%s: dropped\n" % nid
+        assert c.get("/api/v1/dlq").json["entries"] == []
+        rc, out, err = sb.run("dlq", "drop", nid)
+        assert rc == 1 and "404" in err, (rc, out, err)
+        rc, out, err = sb.run("dlq", "retry")
+        assert rc == 2, (rc, out, err)
+
+        # template render runs locally, no server needed
+        data = os.path.join(env.tmp, "data.json")
+        with open(data, "w") as f:
+            json.dump({"order": "A-7", "carrier": "СДЭК",
+                       "tracking_url": "https://t.example/7"}, f)
+        out = sb.ok("template", "render", "order.shipped", "email", "ru",
+                    data, "--dir", os.path.join(ROOT, "config", "templates"),
+                    extra={"SB_URL": "http://127.0.0.1:9"})
+        assert "locale: ru" in out and "A-7" in out and "СДЭК" in out, out
+        rc, out, err = sb.run("template", "render", "order.nope", "email",
+                              "ru", data, "--dir",
+                              os.path.join(ROOT, "config", "templates"))
+        assert rc == 1 and err, (rc, out, err)
