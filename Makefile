@@ -108,6 +108,8 @@ install: all
 	install -m 0644 channels/webchat/www/* $(DESTDIR)$(PREFIX)/share/switchboard/chat/
 	install -d $(DESTDIR)/etc/switchboard
 	install -m 0640 config/switchboard.conf $(DESTDIR)/etc/switchboard/switchboard.conf.example
+	install -d $(DESTDIR)/etc/switchboard/templates
+	cp -R config/templates/. $(DESTDIR)/etc/switchboard/templates/
 	install -d $(DESTDIR)/lib/systemd/system $(DESTDIR)/usr/lib/sysusers.d $(DESTDIR)/usr/lib/tmpfiles.d
 	install -m 0644 systemd/switchboard.service $(DESTDIR)/lib/systemd/system/
 	install -m 0644 systemd/switchboard.sysusers $(DESTDIR)/usr/lib/sysusers.d/switchboard.conf

@@ -48,6 +48,11 @@ cat <<MSG
     curl -s -H "Authorization: Bearer \$K" 'http://127.0.0.1:8080/api/v1/customers?phone=%2B79161234567'
     build/sbctl --token \$K timeline cu_1
 
+  Send an order notification (rendered into var/outbox, then in the timeline):
+    curl -s -H "Authorization: Bearer \$K" -d '{"event":"order.shipped","email":"ivan@example.com","locale":"ru","data":{"order":"A-42","carrier":"CDEK","tracking_url":"https://track.example/A-42"}}' http://127.0.0.1:8080/api/v1/notifications
+    build/sbctl --token \$K notify nt_1
+    redis-cli -s $top/var/redis.sock XADD sb:notify '*' event order.paid email ivan@example.com data '{"order":"A-42","amount":"1500.50","currency":"RUB"}'
+
   Ctrl-C stops everything.
 
 MSG
