@@ -106,5 +106,32 @@ module.exports = {
         await t.screenshot(page, 'dashboard-agent-online');
       },
     },
+    {
+      name: 'the operator sees the notification queues and a dead letter',
+      async fn(t) {
+        const page = await login(t, 'olga');
+        await page.waitForSelector('#board', { state: 'visible' });
+        await page.locator('#notify-channels tbody tr[data-channel="email"]')
+          .waitFor({ timeout: 10000 });
+        // Nobody can take this one: e-mail only, to the outbox driver's
+        // always-failing address, so it becomes a dead letter.
+        const r = await t.server.api('POST', '/api/v1/notifications', {
+          event: 'order.paid', email: 'dead@example.com',
+          channels: ['email'],
+          data: { order: 'A-1', amount: '10', currency: 'RUB' },
+        }, { token: t.server.key('boss') });
+        assert.equal(r.status, 202, r.text);
+        // Columns: Backlog, Pending, In flight, Scheduled, Dead, Rejects.
+        await page.waitForFunction(() => {
+          const tr = document.querySelector('#notify tbody tr');
+          return tr && tr.cells[4].textContent === '1' &&
+            tr.cells[4].classList.contains('alert');
+        }, null, { timeout: 15000 });
+        const drv = page.locator(
+          '#notify-channels tbody tr[data-channel="email"] td').nth(1);
+        assert.equal(await drv.textContent(), 'yes');
+        await t.screenshot(page, 'dashboard-notifications');
+      },
+    },
   ],
 };

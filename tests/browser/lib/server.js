@@ -205,6 +205,8 @@ function contactCenterConfig(extra) {
     chat: { www_dir: path.join(ROOT, 'channels', 'webchat', 'www') },
     channels: { chat: 'chat', email: 'file', sms: 'file' },
     console: { offline_grace: '60s' },
+    notify: { templates: path.join(ROOT, 'config', 'templates'),
+              supersede_window: '0', stats_interval: '200ms' },
   }, extra);
 }
 
@@ -245,7 +247,7 @@ class Server {
       auth: { session_idle: '30m', session_max: '12h',
               login_fail_max: '5', login_fail_window: '15m',
               login_ip_fail_max: '20' },
-      file: { dir: path.join(this.tmp, 'outbox') },
+      file: { dir: path.join(this.tmp, 'outbox'), fail_to: 'dead@example.com' },
     };
     for (const [id, k] of Object.entries(s.apikeys))
       conf[`apikey ${id}`] = { hash: k.hash, scopes: k.scopes };
