@@ -907,3 +907,39 @@ def test_sighup_reloads_templates():
         assert "email.en" in errs[0] or "unclosed" in errs[0], errs
         assert send_subject() == "Parcel SO-1001 left the warehouse"
         assert env.daemon.alive()
+
+
+def test_reply_opens_linked_conversation_and_timeline():
+    """An SMS answer to an SMS notification opens a conversation that
+    carries the notification and its ref; the customer's timeline holds
+    the notification beside the conversation. An e-mail arriving later
+    (other channel) is not linked."""
+    with ntf_env() as env:
+        c = admin(env)
+        n = post_ntf(c, {"event": "service.updated", "phone": "+79161110022",
+                         "channels": ["sms"], "ref": "T-900",
+                         "data": {"ticket": "T-900", "status": "в работе"}})
+        wait_state(c, n["id"], "sent")
+        r = env.client.post("/api/v1/contacts", {
+            "channel": "sms", "direction": "in", "phone": "+79161110022",
+            "text": "Когда приедет инженер?"})
+        assert r.status == 201, r
+        conv = r.json["conversation"]
+        cv = env.client.get("/api/v1/conversations/" + conv).json
+        assert cv["notification"] == n["id"] and cv["ref"] == "T-900", cv
+        r = env.client.post("/api/v1/contacts", {
+            "channel": "email", "direction": "in",
+            "email": "other@example.com", "phone": "+79161110022",
+            "text": "hello"})
+        assert r.status == 201, r
+        cv2 = env.client.get("/api/v1/conversations/" +
+                             r.json["conversation"]).json
+        assert "ref" not in cv2 or cv2["ref"] in (None, ""), cv2
+        tl = env.client.get("/api/v1/customers/%s/timeline" %
+                            n["customer"]).json["entries"]
+        kinds = [(e["type"], e["channel"]) for e in tl]
+        assert ("notification", "sms") in kinds, kinds
+        assert ("message", "sms") in kinds, kinds
+        ent = [e for e in tl if e["type"] == "notification"][0]
+        assert ent["fields"]["notification"] == n["id"], ent
+        assert ent["fields"]["ref"] == "T-900", ent
