@@ -274,7 +274,7 @@ static struct rbatch *rb_new(void)
 {
     struct rbatch *b = sb_calloc(1, sizeof(*b));
 
-    sb_buf_init(&b->arena, 4096);
+    sb_buf_init(&b->arena, 0); /* no cap: bounded by NT_RESULT_MAX */
     return b;
 }
 
@@ -331,11 +331,24 @@ static void nt_written(redisReply *r, const char *err, void *arg)
     struct rbatch *b = arg;
 
     D.writing--;
-    if (err || !r || r->type == REDIS_REPLY_ERROR) {
+    if (r && r->type == REDIS_REPLY_ERROR) {
+        /* The script refused the batch itself (a bug, not an outage):
+         * writing it again would fail again and hold these entries in
+         * hand for ever. They stay pending in Redis and come back through
+         * XAUTOCLAIM after claim_idle. */
+        char safe[200];
+        SB_ERR(NT_PLACE, "recording results refused, left pending n=%zu "
+               "err=\"%s\"", b->n, sb_log_safe(r->str, safe, sizeof(safe)));
+        D.inflight -= b->n;
+        rb_free(b);
+        nt_read();
+        return;
+    }
+    if (err || !r) {
         /* Keep it: the outcome of real sends must not be lost (a re-send
          * would be a duplicate). Written again when Redis answers. */
         SB_WARN(NT_PLACE, "recording results failed, will retry n=%zu "
-                "err=%s", b->n, err ? err : r ? r->str : "no reply");
+                "err=%s", b->n, err ? err : "no reply");
         if (!D.running) {
             D.inflight -= b->n;
             rb_free(b);
