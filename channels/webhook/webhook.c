@@ -12,34 +12,44 @@
  * state is computed once (start, reload) and copied per message, so the
  * secret itself is not kept and never logged; neither is any body.
  *
- * Requests go through httpc (curl multi on the loop, keep-alive). Per send
- * the driver allocates one small op: the body is rendered into one buffer
- * owned by the channel and reused (httpc copies it; one grown past 256 KiB
- * for a big message is given back after it), the header lines are built on
- * the stack.
+ * Transport. A plain http:// URL (without userinfo) goes through hconn,
+ * the lean keep-alive client: one pool for the URL's origin, up to
+ * WH_CONNS persistent connections, the host resolved when the pool is
+ * made - at start and again at every reload, so a SIGHUP picks up a DNS
+ * change. Anything else (https://, user:password@) goes through httpc
+ * (curl multi on the loop, keep-alive). Per send the driver allocates one
+ * op: the body is rendered into one buffer owned by the channel and reused
+ * (one grown past 256 KiB for a big message is given back after it); for
+ * hconn, which borrows the body until its callback instead of copying it,
+ * the op carries a copy of the body in the same allocation (httpc makes
+ * its own copy). The header lines are built on the stack.
  *
  * Outcomes: 2xx is OK, with the response's JSON "id" string (when the body
  * is an object that has one) as the provider id; 408, 425, 429 and 5xx are
  * TEMPFAIL "http N" with retry_after_ms from Retry-After (-1 without);
  * other 3xx and 4xx are PERMFAIL "http N" (redirects are not followed);
  * any other status is TEMPFAIL. No response is TEMPFAIL "timeout" or
- * "connect failed" or "network error" (httpc logs curl's text). If httpc
- * itself is shut down under a send, the send ends CANCELLED. A message the
+ * "connect failed" (resolve failures included) or "network error" (a
+ * reset, an early close, a malformed response or one over 64 KiB; hconn
+ * and httpc log the details). If the client itself is shut down under a
+ * send (httpc at daemon exit), the send ends CANCELLED. A message the
  * driver cannot render - no id, an id with control characters or over 256
  * bytes, text that is not UTF-8, meta_json that is not a JSON object, a
  * body over 4 MiB - is accepted and ends PERMFAIL from a later loop turn
  * (a zero-delay timer), so no completion ever runs inside send(). send()
  * refuses (-1, no completion) only when the driver is stopped, max_inflight
- * sends are unfinished, or httpc refuses the request.
+ * sends are unfinished, or the HTTP client refuses the request.
  *
  * Reload: every key may change on SIGHUP (url and secret included, so a
  * secret can be rotated; receivers then accept both for a while). Sends in
- * flight finish with what they were sent with.
+ * flight finish with what they were sent with: the previous hconn pool is
+ * kept, retired, until its last request has completed, then closed.
  *
  * Cancellation: stop() completes every unfinished send with CANCELLED
- * before it returns and detaches the ones waiting for httpc, which has no
- * way to abort one request: the request runs on (the receiver may still get
- * it, which at-least-once allows) and its late completion only frees the
+ * before it returns, then closes the hconn pools (their requests end at
+ * once; the receiver may still have got them, which at-least-once allows)
+ * and detaches the ones waiting for httpc, which has no way to abort one
+ * request: that request runs on and its late completion only frees the
  * detached op. The driver's state is freed in the close callback of its
  * timer.
  */
@@ -55,6 +65,7 @@
 
 #include "channel.h"
 #include "config.h"
+#include "hconn.h"
 #include "httpc.h"
 #include "log.h"
 #include "util.h"
@@ -67,6 +78,8 @@
 #define WH_BODY_INIT 4096         /* first size of the body buffer */
 #define WH_BODY_KEEP (256u << 10) /* a bigger body buffer is given back */
 #define WH_RESP_MAX (64u << 10)   /* response bodies we read */
+#define WH_CONNS 64               /* hconn connections per pool */
+#define WH_QUEUE_MAX 100000       /* hconn queue: max_inflight's bound */
 
 struct wh_conf {
     char *url;
@@ -185,6 +198,15 @@ struct wh_chan {
     size_t nready;
     char *body; /* the reused request body buffer */
     size_t body_alloc;
+    struct sb_hconn_pool *pool; /* http:// origin, or NULL: httpc */
+    char *path;                 /* the pool's request target */
+    struct wh_retired *retired; /* older pools, draining */
+};
+
+/* A pool replaced at reload, closed when its last request is done. */
+struct wh_retired {
+    struct wh_retired *next;
+    struct sb_hconn_pool *pool;
 };
 
 struct wh_op {
@@ -193,8 +215,10 @@ struct wh_op {
     struct wh_chan *wc;    /* NULL once completed or detached */
     struct sb_outmsg *msg; /* borrowed until the completion */
     sb_send_done *done;
-    int queued;         /* 1: on the ready queue, no request */
-    const char *reason; /* queued PERMFAIL reason (static) */
+    int queued;                 /* 1: on the ready queue, no request */
+    const char *reason;         /* queued PERMFAIL reason (static) */
+    struct sb_hconn_pool *pool; /* the pool it went to, NULL for httpc */
+    char body[];                /* the request body, for hconn only */
 };
 
 /* ---- settings ---------------------------------------------------------- */
@@ -219,6 +243,68 @@ static const char *wh_url_host(const char *url, char *out, size_t outlen)
     return sb_log_safe(tmp, out, outlen);
 }
 
+/* Close a pool now if nothing is in flight on it, else keep it on the
+ * retired list until its last completion. */
+static void wh_retire(struct wh_chan *wc, struct sb_hconn_pool *pool)
+{
+    struct wh_retired *r;
+
+    if (!pool)
+        return;
+    if (sb_hconn_pending(pool) == 0) {
+        sb_hconn_pool_close(pool);
+        return;
+    }
+    r = sb_calloc(1, sizeof(*r));
+    r->pool = pool;
+    r->next = wc->retired;
+    wc->retired = r;
+}
+
+/* After a completion on a retired pool: close it once drained. */
+static void wh_retired_check(struct wh_chan *wc, struct sb_hconn_pool *pool)
+{
+    struct wh_retired **pp, *r;
+
+    for (pp = &wc->retired; (r = *pp) != NULL; pp = &r->next) {
+        if (r->pool != pool)
+            continue;
+        if (sb_hconn_pending(pool) > 0)
+            return;
+        *pp = r->next;
+        free(r);
+        sb_hconn_pool_close(pool);
+        return;
+    }
+}
+
+/* Choose the transport for wc->url: a fresh hconn pool for http:// URLs
+ * it takes (the old pool retires), else httpc. */
+static void wh_transport(struct wh_chan *wc)
+{
+    struct sb_hconn_opts o;
+    char host[256];
+    char *path = NULL;
+    int port;
+
+    wh_retire(wc, wc->pool);
+    wc->pool = NULL;
+    free(wc->path);
+    wc->path = NULL;
+    if (sb_hconn_parse_url(wc->url, host, sizeof(host), &port, &path) < 0)
+        return;
+    memset(&o, 0, sizeof(o));
+    o.max_conns = WH_CONNS;
+    o.max_queue = WH_QUEUE_MAX;
+    o.max_body = WH_RESP_MAX;
+    o.connect_timeout_ms = wc->connect_timeout_ms;
+    wc->pool = sb_hconn_pool_new(wc->loop, host, port, &o);
+    if (wc->pool)
+        wc->path = path;
+    else
+        free(path);
+}
+
 /* Adopt a checked config into wc (start and reload). */
 static void wh_apply(struct wh_chan *wc, const struct wh_conf *c)
 {
@@ -233,6 +319,7 @@ static void wh_apply(struct wh_chan *wc, const struct wh_conf *c)
     wc->timeout_ms = (long)c->timeout_ms;
     wc->connect_timeout_ms = (long)c->connect_timeout_ms;
     wc->max_inflight = (size_t)c->max_inflight;
+    wh_transport(wc);
 }
 
 static int wh_start(struct sb_channel *ch, uv_loop_t *loop, const void *conf)
@@ -266,9 +353,10 @@ static int wh_start(struct sb_channel *ch, uv_loop_t *loop, const void *conf)
     wc->body_alloc = WH_BODY_INIT;
     wc->body = sb_malloc(wc->body_alloc);
     ch->priv = wc;
-    SB_INFO(WH_PLACE, "started host=%s timeout_ms=%ld max_inflight=%zu",
-            wh_url_host(wc->url, host, sizeof(host)), wc->timeout_ms,
-            wc->max_inflight);
+    SB_INFO(WH_PLACE,
+            "started host=%s client=%s timeout_ms=%ld max_inflight=%zu",
+            wh_url_host(wc->url, host, sizeof(host)),
+            wc->pool ? "hconn" : "httpc", wc->timeout_ms, wc->max_inflight);
     return 0;
 }
 
@@ -286,9 +374,10 @@ static int wh_reload(struct sb_channel *ch, const void *conf)
         return -1;
     }
     wh_apply(wc, c);
-    SB_INFO(WH_PLACE, "reloaded host=%s timeout_ms=%ld max_inflight=%zu",
-            wh_url_host(wc->url, host, sizeof(host)), wc->timeout_ms,
-            wc->max_inflight);
+    SB_INFO(WH_PLACE,
+            "reloaded host=%s client=%s timeout_ms=%ld max_inflight=%zu",
+            wh_url_host(wc->url, host, sizeof(host)),
+            wc->pool ? "hconn" : "httpc", wc->timeout_ms, wc->max_inflight);
     return 0;
 }
 
@@ -472,11 +561,8 @@ static int wh_is_tempfail(long status)
 }
 
 /* The JSON "id" string of a 2xx body, or NULL. *doc holds what to free. */
-static const char *wh_provider_id(const struct sb_httpc_resp *resp,
-                                  json_t **doc)
+static const char *wh_provider_id(const char *p, size_t n, json_t **doc)
 {
-    const char *p = resp->body;
-    size_t n = resp->body_len;
     const char *id;
 
     *doc = NULL;
@@ -491,51 +577,112 @@ static const char *wh_provider_id(const struct sb_httpc_resp *resp,
     return id;
 }
 
-static void wh_on_response(const struct sb_httpc_resp *resp, void *arg)
+/* What either client answered, in one shape. */
+struct wh_answer {
+    long status; /* 0: no response, see fail */
+    const char *body;
+    size_t body_len;
+    long long retry_after;
+    const char *fail; /* the TEMPFAIL reason without a response */
+    int cancelled;    /* the client was shut down under the send */
+};
+
+/* Complete an attached op with what came back. */
+static void wh_finish(struct wh_chan *wc, struct wh_op *op,
+                      const struct wh_answer *a)
 {
-    struct wh_op *op = arg;
-    struct wh_chan *wc = op->wc;
     struct sb_send_result r = {SB_SEND_TEMPFAIL, NULL, NULL, -1, 0};
     char reason[32], id[80];
     json_t *doc = NULL;
 
-    if (!wc) { /* stop() already cancelled it */
+    if (a->status == 0) {
+        r.reason = a->fail;
+        if (a->cancelled) {
+            r.status = SB_SEND_CANCELLED;
+            r.reason = "http client stopped";
+        }
+    } else {
+        snprintf(reason, sizeof(reason), "http %ld", a->status);
+        r.reason = reason;
+        if (a->status >= 200 && a->status <= 299) {
+            r.status = SB_SEND_OK;
+            r.provider_id = wh_provider_id(a->body, a->body_len, &doc);
+        } else if (wh_is_tempfail(a->status)) {
+            if (a->retry_after >= 0)
+                r.retry_after_ms = a->retry_after * 1000;
+        } else if (a->status >= 300 && a->status <= 499) {
+            r.status = SB_SEND_PERMFAIL;
+        }
+    }
+    SB_DEBUG(WH_PLACE, "done id=%s status=%ld result=%s",
+             sb_log_safe(op->msg->id, id, sizeof(id)), a->status, r.reason);
+    wh_op_unlink(wc, op);
+    op->done(op->msg, &r);
+    json_decref(doc);
+}
+
+static void wh_on_httpc(const struct sb_httpc_resp *resp, void *arg)
+{
+    struct wh_op *op = arg;
+    struct wh_answer a = {resp->status,      resp->body, resp->body_len,
+                          resp->retry_after, NULL,       0};
+
+    if (!op->wc) { /* stop() already cancelled it */
         free(op);
         return;
     }
     if (resp->status == 0) {
         const char *e = resp->error ? resp->error : "";
 
-        if (strcmp(e, "cancelled") == 0) {
-            r.status = SB_SEND_CANCELLED;
-            r.reason = "http client stopped";
-        } else if (strstr(e, "timed out") || strstr(e, "Timeout")) {
-            r.reason = "timeout";
-        } else if (strstr(e, "connect to") || strstr(e, "t connect") ||
-                   strstr(e, "resolve")) {
-            r.reason = "connect failed";
-        } else {
-            r.reason = "network error";
-        }
-    } else {
-        snprintf(reason, sizeof(reason), "http %ld", resp->status);
-        r.reason = reason;
-        if (resp->status >= 200 && resp->status <= 299) {
-            r.status = SB_SEND_OK;
-            r.provider_id = wh_provider_id(resp, &doc);
-        } else if (wh_is_tempfail(resp->status)) {
-            if (resp->retry_after >= 0)
-                r.retry_after_ms = resp->retry_after * 1000;
-        } else if (resp->status >= 300 && resp->status <= 499) {
-            r.status = SB_SEND_PERMFAIL;
-        }
+        if (strcmp(e, "cancelled") == 0)
+            a.cancelled = 1;
+        else if (strstr(e, "timed out") || strstr(e, "Timeout"))
+            a.fail = "timeout";
+        else if (strstr(e, "connect to") || strstr(e, "t connect") ||
+                 strstr(e, "resolve"))
+            a.fail = "connect failed";
+        else
+            a.fail = "network error";
     }
-    SB_DEBUG(WH_PLACE, "done id=%s status=%ld result=%s",
-             sb_log_safe(op->msg->id, id, sizeof(id)), resp->status, r.reason);
-    wh_op_unlink(wc, op);
-    op->done(op->msg, &r);
-    json_decref(doc);
+    wh_finish(op->wc, op, &a);
     free(op);
+}
+
+static void wh_on_hconn(const struct sb_hconn_resp *resp, void *arg)
+{
+    struct wh_op *op = arg;
+    struct wh_chan *wc = op->wc;
+    struct sb_hconn_pool *pool = op->pool;
+    struct wh_answer a = {resp->status,      resp->body, resp->body_len,
+                          resp->retry_after, NULL,       0};
+
+    if (!wc) { /* stop() already cancelled it */
+        free(op);
+        return;
+    }
+    switch (resp->err) {
+    case SB_HCONN_OK:
+        break;
+    case SB_HCONN_ETIMEOUT:
+        a.fail = "timeout";
+        break;
+    case SB_HCONN_ERESOLVE:
+    case SB_HCONN_ECONNECT:
+        a.fail = "connect failed";
+        break;
+    case SB_HCONN_ECANCELLED:
+        a.cancelled = 1;
+        break;
+    default: /* reset, early close, malformed, over 64 KiB */
+        a.fail = "network error";
+        break;
+    }
+    wh_finish(wc, op, &a);
+    free(op);
+    /* the completion may have stopped the driver: stop() empties the
+     * retired list, so this finds nothing then */
+    if (pool != wc->pool)
+        wh_retired_check(wc, pool);
 }
 
 /* ---- send / stop ------------------------------------------------------- */
@@ -552,26 +699,29 @@ static int wh_send(struct sb_channel *ch, struct sb_outmsg *msg,
     char hex[crypto_auth_hmacsha256_BYTES * 2 + 1];
     unsigned char mac[crypto_auth_hmacsha256_BYTES];
     crypto_auth_hmacsha256_state st;
-    const char *headers[6];
-    struct sb_httpc_req req;
-    size_t k = 0;
     int rc;
 
     if (!wc || !msg || !done || wc->inflight >= wc->max_inflight)
         return -1;
-    op = sb_calloc(1, sizeof(*op));
-    op->wc = wc;
-    op->msg = msg;
-    op->done = done;
 
     now = sb_now_ms();
     why = wh_check_id(msg->id);
     if (!why)
         why = wh_render(wc, msg, now, &len);
     if (why) {
+        op = sb_calloc(1, sizeof(*op));
+        op->wc = wc;
+        op->msg = msg;
+        op->done = done;
         wh_op_queue(wc, op, why);
         return 0;
     }
+    /* hconn borrows the body until its callback: the op keeps a copy */
+    op = sb_malloc(sizeof(*op) + (wc->pool ? len : 0));
+    memset(op, 0, sizeof(*op));
+    op->wc = wc;
+    op->msg = msg;
+    op->done = done;
 
     snprintf(ts, sizeof(ts), "%lld", (long long)(now / 1000));
     st = wc->mac0;
@@ -582,28 +732,55 @@ static int wh_send(struct sb_channel *ch, struct sb_outmsg *msg,
     sodium_memzero(&st, sizeof(st));
     sodium_bin2hex(hex, sizeof(hex), mac, sizeof(mac));
 
-    snprintf(h_id, sizeof(h_id), "X-Switchboard-Id: %s", msg->id);
-    snprintf(h_ts, sizeof(h_ts), "X-Switchboard-Timestamp: %s", ts);
-    snprintf(h_sig, sizeof(h_sig), "X-Switchboard-Signature: v1=%s", hex);
-    headers[k++] = "Content-Type: application/json";
-    headers[k++] = h_id;
-    headers[k++] = h_ts;
-    headers[k++] = h_sig;
-    if (wc->ua_header)
-        headers[k++] = wc->ua_header;
-    headers[k] = NULL;
+    if (wc->pool) {
+        char hdrs[WH_ID_MAX + 640];
+        struct sb_hconn_req req;
 
-    memset(&req, 0, sizeof(req));
-    req.method = "POST";
-    req.url = wc->url;
-    req.headers = headers;
-    req.body = wc->body;
-    req.body_len = len;
-    req.timeout_ms = wc->timeout_ms;
-    req.connect_timeout_ms = wc->connect_timeout_ms;
-    req.max_body = WH_RESP_MAX;
-    rc = sb_httpc_request(&req, wh_on_response, op);
-    if (wc->body_alloc > WH_BODY_KEEP) { /* httpc has its own copy */
+        snprintf(hdrs, sizeof(hdrs),
+                 "Content-Type: application/json\r\n"
+                 "X-Switchboard-Id: %s\r\n"
+                 "X-Switchboard-Timestamp: %s\r\n"
+                 "X-Switchboard-Signature: v1=%s\r\n%s%s",
+                 msg->id, ts, hex, wc->ua_header ? wc->ua_header : "",
+                 wc->ua_header ? "\r\n" : "");
+        memcpy(op->body, wc->body, len);
+        memset(&req, 0, sizeof(req));
+        req.method = "POST";
+        req.path = wc->path;
+        req.headers = hdrs;
+        req.body = op->body;
+        req.body_len = len;
+        req.timeout_ms = wc->timeout_ms;
+        op->pool = wc->pool;
+        rc = sb_hconn_request(wc->pool, &req, wh_on_hconn, op);
+    } else {
+        const char *headers[6];
+        struct sb_httpc_req req;
+        size_t k = 0;
+
+        snprintf(h_id, sizeof(h_id), "X-Switchboard-Id: %s", msg->id);
+        snprintf(h_ts, sizeof(h_ts), "X-Switchboard-Timestamp: %s", ts);
+        snprintf(h_sig, sizeof(h_sig), "X-Switchboard-Signature: v1=%s", hex);
+        headers[k++] = "Content-Type: application/json";
+        headers[k++] = h_id;
+        headers[k++] = h_ts;
+        headers[k++] = h_sig;
+        if (wc->ua_header)
+            headers[k++] = wc->ua_header;
+        headers[k] = NULL;
+
+        memset(&req, 0, sizeof(req));
+        req.method = "POST";
+        req.url = wc->url;
+        req.headers = headers;
+        req.body = wc->body;
+        req.body_len = len;
+        req.timeout_ms = wc->timeout_ms;
+        req.connect_timeout_ms = wc->connect_timeout_ms;
+        req.max_body = WH_RESP_MAX;
+        rc = sb_httpc_request(&req, wh_on_httpc, op);
+    }
+    if (wc->body_alloc > WH_BODY_KEEP) { /* the request has its own copy */
         free(wc->body);
         wc->body_alloc = WH_BODY_INIT;
         wc->body = sb_malloc(wc->body_alloc);
@@ -624,6 +801,7 @@ static void wh_on_kick_closed(uv_handle_t *h)
     free(wc->url);
     free(wc->ua_header);
     free(wc->body);
+    free(wc->path);
     free(wc);
 }
 
@@ -632,6 +810,8 @@ static void wh_stop(struct sb_channel *ch)
     struct wh_chan *wc = ch ? ch->priv : NULL;
     const struct sb_send_result r = {SB_SEND_CANCELLED, "channel stopped", NULL,
                                      -1, 0};
+    struct wh_retired *ret;
+    struct sb_hconn_pool *pool;
     struct wh_op *op;
     size_t n = 0;
 
@@ -645,13 +825,23 @@ static void wh_stop(struct sb_channel *ch)
         struct sb_outmsg *msg = op->msg;
         sb_send_done *done = op->done;
 
-        wh_op_unlink(wc, op); /* detached: its httpc completion frees it */
+        wh_op_unlink(wc, op); /* detached: its client's completion frees it */
         op->msg = NULL;
         op->done = NULL;
         if (op->queued)
             free(op); /* no request in flight */
         n++;
         done(msg, &r);
+    }
+    /* the pools cancel their requests now: those callbacks free the
+     * detached ops */
+    pool = wc->pool;
+    wc->pool = NULL;
+    sb_hconn_pool_close(pool);
+    while ((ret = wc->retired) != NULL) {
+        wc->retired = ret->next;
+        sb_hconn_pool_close(ret->pool);
+        free(ret);
     }
     uv_close((uv_handle_t *)&wc->kick, wh_on_kick_closed);
     SB_INFO(WH_PLACE, "stopped cancelled=%zu", n);

@@ -19,8 +19,11 @@
  * refuses to render (PERMFAIL from a later turn, nothing sent); a 300 KB
  * body, a small one after it, one over the 4 MiB cap;
  * max_inflight; stop() with sends in flight (each CANCELLED exactly once,
- * nothing after, late httpc completions swallowed); httpc shut down under a
- * send; reload of url, secret and user agent; 200 sends in a row, each
+ * nothing after, late completions swallowed); httpc shut down under a
+ * send to an https:// URL (a local socket that accepts and never answers);
+ * which client carries which URL (http:// goes through hconn, https://
+ * through httpc); reload of url, secret and user agent, also with sends
+ * in flight on the old connection pool; 200 sends in a row, each
  * sent from the previous one's completion, over one or two connections;
  * a 300-send burst over at most 64. Every completion checks it did not run
  * inside send(); every message is poisoned and freed in its completion, so
@@ -451,13 +454,12 @@ static struct sb_config *parse_conf(const char *text, char *err, size_t errlen)
     return sb_config_parse(text, strlen(text), "test.conf", secs, err, errlen);
 }
 
-/* Start the driver on the sink's path with extra config lines. */
-static void start_driver(const char *path, const char *extra)
+/* Start the driver on url with extra config lines. */
+static void start_driver_url(const char *url, const char *extra)
 {
     char err[256] = "";
-    char *text = sb_asprintf("[webhook]\nurl = http://127.0.0.1:%d%s\n"
-                             "secret = %s\n%s",
-                             sink.port, path, SECRET, extra ? extra : "");
+    char *text = sb_asprintf("[webhook]\nurl = %s\nsecret = %s\n%s", url,
+                             SECRET, extra ? extra : "");
     struct sb_config *c = parse_conf(text, err, sizeof(err));
 
     free(text);
@@ -470,6 +472,37 @@ static void start_driver(const char *path, const char *extra)
         T.ch.ops->start(&T.ch, &T.loop, sb_config_get(c, "webhook")), 0);
     sb_config_free(c); /* the driver keeps copies */
     T.started = 1;
+}
+
+/* Start the driver on the sink's path with extra config lines. */
+static void start_driver(const char *path, const char *extra)
+{
+    char *url = sb_asprintf("http://127.0.0.1:%d%s", sink.port, path);
+
+    start_driver_url(url, extra);
+    free(url);
+}
+
+/* A 127.0.0.1 socket that accepts connections (the kernel completes the
+ * handshake) and never answers; its port through *port. Close the fd. */
+static int silent_listener(int *port)
+{
+    struct sockaddr_in a;
+    socklen_t len = sizeof(a);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+    if (fd < 0)
+        return -1;
+    memset(&a, 0, sizeof(a));
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(fd, 8) < 0 ||
+        getsockname(fd, (struct sockaddr *)&a, &len) < 0) {
+        close(fd);
+        return -1;
+    }
+    *port = ntohs(a.sin_port);
+    return fd;
 }
 
 /* ---- helpers on recorded requests --------------------------------------- */
@@ -991,20 +1024,156 @@ static void test_stop_detached_at_shutdown(void **state)
         assert_int_equal(T.rec[i].calls, 1);
 }
 
+/* https:// stays on httpc: shut down under a send, the send ends
+ * CANCELLED and later sends are refused. */
 static void test_httpc_shutdown(void **state)
 {
-    sink_control("{\"mode\":\"slow\",\"delay_ms\":2000}");
-    start_driver("/hook", NULL);
+    int port = 0;
+    int fd = silent_listener(&port);
+    char *url;
+
+    assert_true(fd >= 0);
+    url = sb_asprintf("https://127.0.0.1:%d/hook", port);
+    start_driver_url(url, NULL);
+    free(url);
     assert_int_equal(send_text(0, "hs-0", "x"), 0);
     run_for(100);
+    assert_int_equal(sb_httpc_inflight(), 1);
+    assert_int_equal(T.rec[0].calls, 0);
     sb_httpc_shutdown();
     assert_int_equal(T.rec[0].calls, 1);
     assert_int_equal(T.rec[0].status, SB_SEND_CANCELLED);
+    assert_string_equal(T.rec[0].reason, "http client stopped");
     /* with httpc gone, send() refuses */
     assert_int_equal(send_text(1, "hs-1", "x"), -1);
     stop_driver();
     run_for(50);
     assert_int_equal(T.ndone, 1);
+    close(fd);
+}
+
+/* http:// goes through hconn (httpc sees nothing), https:// and URLs with
+ * userinfo through httpc; both deliver the same request. */
+static void test_transport(void **state)
+{
+    int port = 0;
+    int fd;
+    char *url;
+    json_t *reqs, *req;
+
+    sink_control("{\"mode\":\"slow\",\"delay_ms\":300}");
+    start_driver("/t?x=1#frag", NULL);
+    assert_int_equal(send_text(0, "tr-0", "x"), 0);
+    run_for(100);
+    assert_int_equal(T.ndone, 0);
+    assert_int_equal(sb_httpc_inflight(), 0);
+    assert_true(run_until(1, 5000));
+    assert_int_equal(T.rec[0].status, SB_SEND_OK);
+    assert_string_equal(T.rec[0].provider_id, "sink-1");
+    stop_driver();
+    T.stopped = 0;
+
+    /* user:password@ is not hconn's: httpc sends it (basic auth) */
+    sink_control("{\"mode\":\"ok\"}");
+    url = sb_asprintf("http://u:p@127.0.0.1:%d/t2", sink.port);
+    start_driver_url(url, NULL);
+    free(url);
+    assert_int_equal(send_text(1, "tr-1", "x"), 0);
+    assert_int_equal(sb_httpc_inflight(), 1);
+    assert_true(run_until(2, 5000));
+    assert_int_equal(T.rec[1].status, SB_SEND_OK);
+    stop_driver();
+    T.stopped = 0;
+
+    reqs = sink_json("GET", "/_requests", NULL);
+    assert_int_equal(json_array_size(reqs), 2);
+    req = json_array_get(reqs, 0);
+    assert_string_equal(json_string_value(json_object_get(req, "path")),
+                        "/t?x=1");
+    assert_string_equal(hdr(req, "x-switchboard-id"), "tr-0");
+    assert_string_equal(hdr(req, "content-type"), "application/json");
+    assert_string_equal(hdr(req, "user-agent"), "switchboard");
+    assert_non_null(hdr(req, "host"));
+    assert_signed(req, SECRET);
+    req = json_array_get(reqs, 1);
+    assert_string_equal(json_string_value(json_object_get(req, "path")), "/t2");
+    assert_non_null(hdr(req, "authorization"));
+    json_decref(reqs);
+    assert_int_equal(sink_count("bad_signatures"), 0);
+
+    /* https:// to a socket that never answers: httpc carries it */
+    fd = silent_listener(&port);
+    assert_true(fd >= 0);
+    url = sb_asprintf("https://127.0.0.1:%d/hook", port);
+    start_driver_url(url, "timeout = 300ms\n");
+    free(url);
+    assert_int_equal(send_text(2, "tr-2", "x"), 0);
+    assert_int_equal(sb_httpc_inflight(), 1);
+    assert_true(run_until(3, 5000));
+    assert_int_equal(T.rec[2].status, SB_SEND_TEMPFAIL);
+    assert_string_equal(T.rec[2].reason, "timeout");
+    close(fd);
+}
+
+/* A reload while sends are in flight: they finish on the old pool, new
+ * sends take the new URL, and the old pool goes once drained. */
+static void test_reload_inflight(void **state)
+{
+    char err[256];
+    char *text;
+    struct sb_config *c;
+    json_t *reqs;
+    int n_a = 0, n_b = 0;
+
+    sink_control("{\"mode\":\"slow\",\"delay_ms\":300}");
+    start_driver("/a", NULL);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(send_text(i, "ri-a", "x"), 0);
+    run_for(50);
+    text = sb_asprintf("[webhook]\nurl = http://127.0.0.1:%d/b\n"
+                       "secret = %s\n",
+                       sink.port, SECRET);
+    c = parse_conf(text, err, sizeof(err));
+    free(text);
+    assert_non_null(c);
+    assert_int_equal(T.ch.ops->reload(&T.ch, sb_config_get(c, "webhook")), 0);
+    sb_config_free(c);
+    assert_int_equal(T.ndone, 0);
+    assert_int_equal(send_text(3, "ri-b", "x"), 0);
+    assert_true(run_until(4, 5000));
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(T.rec[i].calls, 1);
+        assert_int_equal(T.rec[i].status, SB_SEND_OK);
+    }
+    /* a second reload with one in flight, then stop before it answers:
+     * cancelled once, the retired pool closed by stop() */
+    assert_int_equal(send_text(4, "ri-c", "x"), 0);
+    run_for(50);
+    c = parse_conf(text = sb_asprintf("[webhook]\nurl = http://127.0.0.1:%d/c"
+                                      "\nsecret = %s\n",
+                                      sink.port, SECRET),
+                   err, sizeof(err));
+    free(text);
+    assert_non_null(c);
+    assert_int_equal(T.ch.ops->reload(&T.ch, sb_config_get(c, "webhook")), 0);
+    sb_config_free(c);
+    stop_driver();
+    assert_int_equal(T.rec[4].calls, 1);
+    assert_int_equal(T.rec[4].status, SB_SEND_CANCELLED);
+    run_for(400);
+    assert_int_equal(T.ndone, 5);
+
+    reqs = sink_json("GET", "/_requests", NULL);
+    for (size_t i = 0; i < json_array_size(reqs); i++) {
+        const char *p =
+            json_string_value(json_object_get(json_array_get(reqs, i), "path"));
+
+        n_a += p && strcmp(p, "/a") == 0;
+        n_b += p && strcmp(p, "/b") == 0;
+    }
+    json_decref(reqs);
+    assert_int_equal(n_a, 3);
+    assert_int_equal(n_b, 2);
 }
 
 static void test_reload(void **state)
@@ -1108,6 +1277,8 @@ int main(void)
         T_(test_stop_inflight),
         T_(test_stop_detached_at_shutdown),
         T_(test_httpc_shutdown),
+        T_(test_transport),
+        T_(test_reload_inflight),
         T_(test_reload),
         T_(test_keepalive_chain),
         T_(test_burst),
