@@ -991,8 +991,10 @@ static void nt_take(const redisReply *entries, int claimed)
 
 static void nt_group_created(redisReply *r, const char *err, void *arg)
 {
-    if (!err && r && (r->type != REDIS_REPLY_ERROR ||
-                      strstr(r->str, "BUSYGROUP"))) {
+    /* redis.c hands an error reply over in err too: BUSYGROUP (the group
+     * exists: a restart, a second instance) is success. */
+    if (r && (r->type != REDIS_REPLY_ERROR ||
+              (r->str && strstr(r->str, "BUSYGROUP")))) {
         D.group_ok = 1;
         nt_read();
         return;
@@ -1014,7 +1016,7 @@ static void nt_read_done(redisReply *r, const char *err, void *arg)
     D.reading = 0;
     if (!D.running)
         return;
-    if (err || !r) {
+    if (!r) {
         /* down or timed out: the state callback restarts us when up */
         return;
     }
