@@ -943,3 +943,36 @@ def test_reply_opens_linked_conversation_and_timeline():
         ent = [e for e in tl if e["type"] == "notification"][0]
         assert ent["fields"]["notification"] == n["id"], ent
         assert ent["fields"]["ref"] == "T-900", ent
+
+
+def test_throttle_rate_and_concurrency():
+    """[throttle webhook] rate 20/s with a burst of 1 spreads 21 sends over
+    at least a second; concurrency 2 against a slow sink keeps at most two
+    requests open (two connections) and takes its time."""
+    with Sink() as sink, ntf_env(sink=sink, extra={
+            "throttle webhook": {"rate": "20", "burst": "1"}}) as env:
+        c = admin(env)
+        ids = [post_ntf(c, {"event": "order.shipped",
+                            "email": "t%d@example.com" % i,
+                            "channels": ["webhook"],
+                            "data": SHIPPED})["id"] for i in range(21)]
+        for nid in ids:
+            wait_state(c, nid, "sent", 15)
+        ts = sorted(x["time"] for x in sink.requests())
+        assert len(ts) == 21, ts
+        assert ts[-1] - ts[0] >= 0.9, "21 sends at 20/s took %.3fs" % (
+            ts[-1] - ts[0])
+    with Sink() as sink, ntf_env(sink=sink, extra={
+            "throttle webhook": {"concurrency": "2"}}) as env:
+        c = admin(env)
+        sink.control(mode="slow", delay_ms=200)
+        t0 = time.time()
+        ids = [post_ntf(c, {"event": "order.shipped",
+                            "email": "s%d@example.com" % i,
+                            "channels": ["webhook"],
+                            "data": SHIPPED})["id"] for i in range(8)]
+        for nid in ids:
+            wait_state(c, nid, "sent", 15)
+        took = time.time() - t0
+        assert took >= 0.75, "8 slow sends two at a time took %.2fs" % took
+        assert sink.count()["connections"] <= 2, sink.count()
