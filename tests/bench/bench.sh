@@ -20,9 +20,17 @@
 # delivery over WebSockets, side by side with a Node ws relay; about 2
 # minutes more; see tests/bench/chat/README.md).
 #
+# Last, the notification benchmark: tests/bench/notify/notify.sh (100,000
+# notifications XADDed, rendered and POSTed through the webhook channel to
+# a local nginx, side by side with a BullMQ worker doing the same; its
+# last line "notify: switchboard N/s ... | bullmq N/s ... | ratio R" sums
+# it up; several minutes; see tests/bench/notify/README.md).
+#
 # Environment: SB_BIN (default build/switchboard), BENCH_DURATION (10s),
 # BENCH_CONNS (64), BENCH_RUNS (3), BENCH_CHAT (1; 0 skips the chat part),
-# and the CHAT_* variables of tests/bench/chat/chat.sh.
+# BENCH_NOTIFY (1; 0 skips the notification part), and the CHAT_* and
+# NOTIFY_* variables of tests/bench/chat/chat.sh and
+# tests/bench/notify/notify.sh.
 cd "$(dirname "$0")/../.." || exit 1
 
 SB_BIN=${SB_BIN:-build/switchboard}
@@ -255,11 +263,17 @@ END {
 }' "$tmp/results"
 status=$?
 
-# --- the chat benchmark, with its own servers
-if [ "${BENCH_CHAT:-1}" != 0 ]; then
+# --- the chat and notification benchmarks, each with its own servers
+if [ "${BENCH_CHAT:-1}" != 0 ] || [ "${BENCH_NOTIFY:-1}" != 0 ]; then
     cleanup
     trap - EXIT
+fi
+if [ "${BENCH_CHAT:-1}" != 0 ]; then
     echo
     SB_BIN="$SB_BIN" sh tests/bench/chat/chat.sh || status=1
+fi
+if [ "${BENCH_NOTIFY:-1}" != 0 ]; then
+    echo
+    SB_BIN="$SB_BIN" sh tests/bench/notify/notify.sh || status=1
 fi
 exit $status
