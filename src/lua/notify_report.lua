@@ -24,9 +24,9 @@ local function main()
     if not RANK[status] then sb_fail('INVALID', 'unknown report status') end
     n = tonumber(n)
     local k = P .. 'ntf:' .. id
-    local h = redis.call('HMGET', k, 'state', 'customer', 'event', 'ref',
+    local h = ntf_fields(k, 'state', 'customer', 'event', 'ref',
         'awaiting', 'tried', 'cur')
-    if not h[1] then sb_fail('NOTFOUND', 'no such attempt') end
+    if h[1] == '' then sb_fail('NOTFOUND', 'no such attempt') end
     local raw = redis.call('LINDEX', k .. ':att', n - 1)
     if not raw then
         if RANK[status] == 3 then

@@ -24,7 +24,7 @@ local function one(a)
     local reason, pid = ARGV[a + 6], ARGV[a + 7]
     local nxt = tonumber(ARGV[a + 10])
     local k = P .. 'ntf:' .. id
-    local h = redis.call('HMGET', k, 'state', 'customer', 'event', 'ref',
+    local h = ntf_fields(k, 'state', 'customer', 'event', 'ref',
         'tried')
     if h[1] ~= 'sending' then return end -- dropped or finished meanwhile
     if outcome == 'hold' then
@@ -49,17 +49,17 @@ local function one(a)
         redis.call('DEL', k .. ':early')
     end
     redis.call('RPUSH', k .. ':att', sb_enc(att))
-    redis.call('HSET', k, 'attempts', n, 'updated', now)
-    redis.call('INCR', P .. 'stats:ntf:' .. result .. ':' .. ch)
-
     if outcome == 'sent' then
         local fields = { notification = id, event = h[3], ref = h[4],
                          attempt = n, state = 'sent' }
         ntf_log(P, h[2], now, 'notification', 'out', ch, ARGV[a + 12],
             fields, { subject = ARGV[a + 11], source_id = ARGV[a + 14],
                       provider_id = pid })
-        redis.call('HSET', P .. 'cust:' .. h[2], 'ntf_last', sb_enc({
-            ntf = id, ref = h[4], channel = ch, at = now }))
+        -- What a customer's answer by SMS or e-mail links to (ingest.lua).
+        if ch == 'sms' or ch == 'email' then
+            redis.call('HSET', P .. 'cust:' .. h[2], 'ntf_last', sb_enc({
+                ntf = id, ref = h[4], channel = ch, at = now }))
+        end
         if h[4] ~= '' then
             local rk = P .. 'ntf:ref:' .. redis.sha1hex(h[2] .. '\n' .. h[4])
             if redis.call('GET', rk) == id then redis.call('DEL', rk) end
@@ -67,37 +67,41 @@ local function one(a)
         local deadline = tonumber(ARGV[a + 13]) or 0
         if early == 'delivered' then
             redis.call('HSET', k, 'state', 'delivered', 'sent_at', now,
-                'delivered_at', now, 'reason', '')
+                'delivered_at', now, 'reason', '', 'attempts', n,
+                'updated', now)
             ntf_expire(P, id, retention)
         elseif early then -- undelivered / failed before we knew
-            redis.call('HSET', k, 'state', 'failed', 'sent_at', now,
-                'reason', 'report: ' .. early)
             local t = ntf_json_array(h[5])
             t[#t + 1] = ch
-            redis.call('HSET', k, 'tried', sb_enc(sb_arr(t)))
+            redis.call('HSET', k, 'state', 'failed', 'sent_at', now,
+                'reason', 'report: ' .. early, 'tried', sb_enc(sb_arr(t)),
+                'attempts', n, 'updated', now)
             redis.call('XADD', S, '*', 'ntf', id)
         elseif deadline > 0 then
             redis.call('HSET', k, 'state', 'sent', 'sent_at', now,
-                'awaiting', n, 'reason', '')
+                'awaiting', n, 'reason', '', 'attempts', n, 'updated', now)
             redis.call('ZADD', P .. 'ntf:due', deadline, id)
         else
             redis.call('HSET', k, 'state', 'sent', 'sent_at', now,
-                'reason', '')
+                'reason', '', 'attempts', n, 'updated', now)
             ntf_expire(P, id, retention)
         end
     elseif outcome == 'temp' and nxt > 0 then
-        redis.call('HSET', k, 'state', 'failed', 'reason', reason)
+        redis.call('HSET', k, 'state', 'failed', 'reason', reason,
+            'attempts', n, 'updated', now)
         redis.call('ZADD', P .. 'ntf:due', nxt, id)
     else
         local t = ntf_json_array(h[5])
         t[#t + 1] = ch
         redis.call('HSET', k, 'state', 'failed', 'reason', ch .. ': ' ..
-            reason, 'tried', sb_enc(sb_arr(t)))
+            reason, 'tried', sb_enc(sb_arr(t)), 'attempts', n,
+            'updated', now)
         redis.call('XADD', S, '*', 'ntf', id)
     end
 end
 
 local n = tonumber(ARGV[5])
+local acks = {}
 for i = 1, n do
     local a = 6 + (i - 1) * SLOTS
     local ok, err = pcall(one, a)
@@ -105,6 +109,9 @@ for i = 1, n do
         redis.log(redis.LOG_WARNING, 'notify_result: ' .. tostring(
             type(err) == 'table' and err.sb or err))
     end
-    redis.call('XACK', S, G, ARGV[a])
+    acks[#acks + 1] = ARGV[a]
 end
+-- One XACK for the batch: every write a script makes is copied to the AOF
+-- and replicas, so fewer commands is most of the cost.
+if #acks > 0 then redis.call('XACK', S, G, unpack(acks)) end
 return n

@@ -44,8 +44,11 @@ local default_order = list(ARGV[6])
 local available = {}
 for _, c in ipairs(list(ARGV[7])) do available[c] = true end
 
+-- Acknowledged at the end in one XACK (each write a script makes is
+-- copied to the AOF: fewer commands is most of the cost).
+local acks = {}
 local function ack(eid)
-    redis.call('XACK', S, G, eid)
+    acks[#acks + 1] = eid
 end
 
 local function reject(eid, reason, raw)
@@ -157,6 +160,7 @@ local function take_one(a, b)
         return { eid, 'skip' }
     end
     local deliveries = 0
+    local fresh
     if ARGV[a + 2] == '1' then
         local pe = redis.call('XPENDING', S, G, eid, eid, 1)
         if pe[1] then deliveries = tonumber(pe[1][4]) end
@@ -177,7 +181,7 @@ local function take_one(a, b)
             locale = ARGV[a + 11], priority = ARGV[a + 12],
             not_before = ARGV[a + 13], ref = ARGV[a + 14], idem = idem,
             src = 'stream:' .. eid, enq = enq }
-        local ok, r1, dup, _, due = pcall(ntf_accept, P, f, now, idem_ttl,
+        local ok, r1, dup, r3, due = pcall(ntf_accept, P, f, now, idem_ttl,
             window, retention)
         if not ok then
             local msg = type(r1) == 'table' and r1.sb or tostring(r1)
@@ -185,6 +189,16 @@ local function take_one(a, b)
             return { eid, 'error', msg }
         end
         id = r1
+        if dup == 0 and due == 0 then
+            -- Just written: no need to read it back.
+            fresh = { state = 'accepted', customer = r3, event = f.event,
+                ref = f.ref, locale = f.locale, priority = f.priority,
+                data = f.data, channels = f.channels, to_email = f.email,
+                to_phone = f.phone, tried = '[]', cur = '', ch_tries = '0',
+                ch_first = '0', attempts = '0', awaiting = '',
+                not_before = f.not_before, created = tostring(now),
+                reason = '' }
+        end
         -- Another entry with the same idempotency key: that one (or the
         -- API call) owns the notification; this one is a duplicate.
         if dup == 1 and redis.call('HGET', P .. 'ntf:' .. id, 'src') ~=
@@ -207,7 +221,7 @@ local function take_one(a, b)
             return { eid, 'skip' }
         end
     end
-    local h = load(id)
+    local h = fresh or load(id)
     if not h then
         ack(eid)
         return { eid, 'skip' }
@@ -277,4 +291,5 @@ for i = 1, n do
         out[i] = { ARGV[a], 'error', msg }
     end
 end
+if #acks > 0 then redis.call('XACK', S, G, unpack(acks)) end
 return out

