@@ -48,7 +48,7 @@ local function one(a)
         att.report_at = now
         redis.call('DEL', k .. ':early')
     end
-    redis.call('RPUSH', k .. ':att', sb_enc(att))
+    redis.call('RPUSH', k .. ':att', cjson.encode(att))
     if outcome == 'sent' then
         local fields = { notification = id, event = h[3], ref = h[4],
                          attempt = n, state = 'sent' }

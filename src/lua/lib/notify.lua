@@ -33,7 +33,7 @@ end
 local function ntf_log(P, cust, now, kind, dir, channel, text, fields,
                        extra)
     local e = { type = kind, channel = channel, direction = dir,
-                customer = cust, text = text, fields = sb_enc(fields),
+                customer = cust, text = text, fields = cjson.encode(fields),
                 ts = string.format('%d', now) }
     if extra then
         for k, v in pairs(extra) do e[k] = v end
