@@ -84,8 +84,8 @@ static int nr_locale_ok(const char *s)
 /* Check the fields copied into in (strings), the data object and the
  * channel list (a JSON array of strings, or NULL); fill in->data and
  * in->channels. */
-static int nr_finish(struct sb_ntf_in *in, json_t *data, json_t *channels,
-                     struct sb_json_err *err)
+static int nr_finish(struct sb_ntf_in *in, json_t *data, const char *raw,
+                     size_t rawlen, json_t *channels, struct sb_json_err *err)
 {
     const struct sb_tpl_set *tpl = sb_ntf.tpl;
     char missing[128];
@@ -149,7 +149,12 @@ static int nr_finish(struct sb_ntf_in *in, json_t *data, json_t *channels,
     if (r < 0)
         return sb_json_fail(err, missing, "%s is missing: the %s templates "
                             "need it", missing, in->event);
-    in->data = data ? json_dumps(data, JSON_COMPACT) : sb_strdup("{}");
+    /* A stream entry's data text was just parsed as an object: keep it
+     * as it came rather than writing it out again. */
+    if (raw)
+        in->data = sb_strndup(raw, rawlen);
+    else
+        in->data = data ? json_dumps(data, JSON_COMPACT) : sb_strdup("{}");
     if (!in->data || strlen(in->data) > NR_DATA_MAX)
         return sb_json_fail(err, "data", "data is larger than 64 KiB");
     in->channels = channels ? json_dumps(channels, JSON_COMPACT)
@@ -236,7 +241,7 @@ int sb_notify_from_json(json_t *body, struct sb_ntf_in *in,
                      err) < 0)
             return -1;
     }
-    return nr_finish(in, data, channels, err);
+    return nr_finish(in, data, NULL, 0, channels, err);
 }
 
 int sb_notify_from_fields(const char *const *names, const size_t *nlens,
@@ -245,6 +250,8 @@ int sb_notify_from_fields(const char *const *names, const size_t *nlens,
                           struct sb_json_err *err)
 {
     json_t *data = NULL, *channels = NULL;
+    const char *raw = NULL;
+    size_t rawlen = 0;
     char name[32];
     int r = -1;
 
@@ -260,10 +267,14 @@ int sb_notify_from_fields(const char *const *names, const size_t *nlens,
             json_decref(data);
             data = json_loadb(values[i], vlens[i], JSON_REJECT_DUPLICATES,
                               NULL);
-            if (!data || !json_is_object(data)) {
+            if (!data || !json_is_object(data) ||
+                !sb_utf8_valid(values[i], vlens[i]) ||
+                memchr(values[i], '\0', vlens[i])) {
                 sb_json_fail(err, "data", "data must be a JSON object");
                 goto out;
             }
+            raw = values[i];
+            rawlen = vlens[i];
         } else if (!strcmp(name, "channels")) {
             json_decref(channels);
             channels = NULL;
@@ -287,7 +298,7 @@ int sb_notify_from_fields(const char *const *names, const size_t *nlens,
             goto out;
         }
     }
-    r = nr_finish(in, data, channels, err);
+    r = nr_finish(in, data, raw, rawlen, channels, err);
 out:
     json_decref(data);
     json_decref(channels);

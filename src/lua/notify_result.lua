@@ -18,6 +18,9 @@ local now = tonumber(ARGV[3])
 local retention = tonumber(ARGV[4])
 local SLOTS = 15
 
+-- Outcomes per "result:channel", added to stats:ntf:* once per batch.
+local counts = {}
+
 local function one(a)
     local eid, id, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2])
     local outcome, ch, to = ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
@@ -41,14 +44,20 @@ local function one(a)
     local parts = tonumber(ARGV[a + 8]) or 0
     if parts > 0 then att.parts = parts end
     if outcome == 'temp' and nxt > 0 then att.retry_at = nxt end
-    -- A report that came before this result (a fast provider) applies now.
-    local early = redis.call('HGET', k .. ':early', tostring(n))
+    -- A report that came before this result (a fast provider) applies
+    -- now; only channels that report (a deadline is set) can have one.
+    local early
+    if (tonumber(ARGV[a + 13]) or 0) > 0 then
+        early = redis.call('HGET', k .. ':early', tostring(n))
+    end
     if early then
         att.report = early
         att.report_at = now
         redis.call('DEL', k .. ':early')
     end
     redis.call('RPUSH', k .. ':att', cjson.encode(att))
+    local ck = result .. ':' .. ch
+    counts[ck] = (counts[ck] or 0) + 1
     if outcome == 'sent' then
         local fields = { notification = id, event = h[3], ref = h[4],
                          attempt = n, state = 'sent' }
@@ -114,4 +123,7 @@ end
 -- One XACK for the batch: every write a script makes is copied to the AOF
 -- and replicas, so fewer commands is most of the cost.
 if #acks > 0 then redis.call('XACK', S, G, unpack(acks)) end
+for ck, c in pairs(counts) do
+    redis.call('INCRBY', P .. 'stats:ntf:' .. ck, c)
+end
 return n

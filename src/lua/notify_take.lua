@@ -59,6 +59,7 @@ local function reject(eid, reason, raw)
 end
 
 -- The address of channel ch for this notification, or nil.
+-- ids() gives the customer's identities (read only when needed).
 local function address(ch, h, ids)
     if ch == 'webhook' then return h.customer end
     if ch == 'email' and h.to_email ~= '' then return h.to_email end
@@ -66,7 +67,7 @@ local function address(ch, h, ids)
     local want = ({ email = 'email:', sms = 'phone:', chat = 'chat:' })[ch]
     if not want then return nil end
     local best
-    for _, i in ipairs(ids) do
+    for _, i in ipairs(ids()) do
         if string.sub(i, 1, #want) == want then
             local v = string.sub(i, #want + 1)
             if not best or v < best then best = v end
@@ -100,7 +101,13 @@ local function choose(h, cust)
     end
     local tried = {}
     for _, c in ipairs(ntf_json_array(h.tried)) do tried[c] = true end
-    local ids = redis.call('SMEMBERS', P .. 'cust:' .. cust .. ':ids')
+    local idl
+    local function ids()
+        if not idl then
+            idl = redis.call('SMEMBERS', P .. 'cust:' .. cust .. ':ids')
+        end
+        return idl
+    end
     local skipped = {}
     for _, c in ipairs(order) do
         if not tried[c] then
@@ -181,8 +188,27 @@ local function take_one(a, b)
             locale = ARGV[a + 11], priority = ARGV[a + 12],
             not_before = ARGV[a + 13], ref = ARGV[a + 14], idem = idem,
             src = 'stream:' .. eid, enq = enq }
+        -- A new one that goes out now is written once, already
+        -- "sending" on its channel (decide runs inside ntf_accept).
+        local pre
+        local function decide(cust)
+            local hf = { customer = cust, channels = f.channels, tried = '',
+                         to_email = f.email, to_phone = f.phone,
+                         reason = '' }
+            local c, addr, name, loc, tz, quiet = choose(hf, cust)
+            if not c then return nil end
+            pre = { c, addr, name, loc, tz, quiet }
+            return { 'cur', c, 'to', addr, 'ch_tries', 1, 'ch_first', now }
+        end
         local ok, r1, dup, r3, due = pcall(ntf_accept, P, f, now, idem_ttl,
-            window, retention)
+            window, retention, decide)
+        if ok and pre and dup == 0 then
+            local loc = f.locale
+            if loc == '' then loc = pre[4] end
+            return { eid, 'send', r1, 1, pre[1], pre[2], f.event, loc,
+                pre[5], pre[6], f.priority, f.data, f.ref, r3, pre[3], 0,
+                now, tostring(now) }
+        end
         if not ok then
             local msg = type(r1) == 'table' and r1.sb or tostring(r1)
             reject(eid, msg, '{}')

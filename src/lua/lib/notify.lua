@@ -86,7 +86,11 @@ end
 -- f: event, customer, email, phone, name, data, channels, locale,
 -- priority, not_before (ms or ''), ref, idem ('' = none), src, enq (ms).
 -- Returns id, duplicate (0/1), customer, due (0: send now, else when).
-local function ntf_accept(P, f, now, idem_ttl, window, retention)
+-- One HSET writes the record (each write is copied to the AOF).
+-- decide (optional): called as decide(customer) when the notification is
+-- to go out now; it may return field/value pairs that make it "sending"
+-- in the same write (the dispatcher's channel choice), or nil.
+local function ntf_accept(P, f, now, idem_ttl, window, retention, decide)
     local ikey
     if f.idem ~= '' then
         ikey = P .. 'ntf:idem:' .. redis.sha1hex(f.idem)
@@ -147,6 +151,11 @@ local function ntf_accept(P, f, now, idem_ttl, window, retention)
             hs[#hs + 1] = k
             hs[#hs + 1] = opt[k]
         end
+    end
+    local extra = due == 0 and decide and decide(cust)
+    if extra then
+        hs[4] = 'sending'
+        for _, v in ipairs(extra) do hs[#hs + 1] = v end
     end
     redis.call('HSET', P .. 'ntf:' .. id, unpack(hs))
     if ikey then redis.call('SET', ikey, id, 'EX', idem_ttl) end
