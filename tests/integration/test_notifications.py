@@ -976,3 +976,32 @@ def test_throttle_rate_and_concurrency():
         took = time.time() - t0
         assert took >= 0.75, "8 slow sends two at a time took %.2fs" % took
         assert sink.count()["connections"] <= 2, sink.count()
+
+
+def test_stream_trimmed_only_below_pending():
+    """Processed entries are trimmed away; an entry still in hand (its
+    webhook hangs) stays, and so does everything after it."""
+    with Sink() as sink, ntf_env(sink=sink, notify={
+            "stats_interval": "200ms"}, extra={
+            "webhook": {"timeout": "30s"}}) as env:
+        sink.control(mode="slow", delay_ms=20000)
+        fields = {"event": "order.shipped", "email": "trim@example.com",
+                  "channels": "email",
+                  "data": json.dumps(SHIPPED, ensure_ascii=False)}
+        first = [xadd(env, fields) for _ in range(5)]
+        wait_until(lambda: len(outbox(env)) == 5, 10, 0.05, "5 sent")
+        wait_until(lambda: env.redis.cmd("XLEN", "sb:notify") == 0, 5, 0.05,
+                   "the stream trimmed")
+        held = xadd(env, dict(fields, channels="webhook"))
+        wait_until(lambda: sink.count()["count"] == 1, 10, 0.05,
+                   "the webhook in flight")
+        later = [xadd(env, fields) for _ in range(5)]
+        wait_until(lambda: len(outbox(env)) == 10, 10, 0.05, "10 sent")
+        time.sleep(0.6)  # a few trims
+        ids = [e[0].decode() for e in
+               env.redis.cmd("XRANGE", "sb:notify", "-", "+")]
+        assert ids and ids[0] == held, (ids, held)
+        assert not set(first) & set(ids), ids
+        pend = env.redis.cmd("XPENDING", "sb:notify", "switchboard")
+        assert pend[0] == 1 and pend[1].decode() == held, pend
+        assert later, later
