@@ -6,6 +6,7 @@
 --   preferences: {"order": [channel, ...] (replaces),
 --                 "opt_out": {channel: {"at":ms,"source":".."} | true
 --                             (recorded now) | null/false (removed)},
+--                 "opt_in": {channel: true} (removes that opt-out),
 --                 "quiet_hours": {"from":"22:00","to":"08:00"} | null};
 --   identities: {"email": [...], "phone": [...], "chat": [...]} to add,
 --     already normalised.
@@ -130,6 +131,18 @@ local function main()
                             fail('INVALID', 'preferences.opt_out.' .. ch ..
                                 ' must be an object, true or null')
                         end
+                    end
+                elseif pk == 'opt_in' then
+                    -- {channel: true}: subscribed again (the opt-out goes)
+                    if type(pv) ~= 'table' or is_array(pv) and next(pv) then
+                        fail('INVALID', 'preferences.opt_in must be an object')
+                    end
+                    for ch, o in pairs(pv) do
+                        if type(ch) ~= 'string' or o ~= true then
+                            fail('INVALID', 'preferences.opt_in.<channel> ' ..
+                                'must be true')
+                        end
+                        opt_out[ch] = nil
                     end
                 elseif pk == 'quiet_hours' then
                     if pv == cjson.null or pv == false then

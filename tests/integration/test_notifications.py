@@ -778,6 +778,15 @@ def test_not_before_and_opt_out():
             [("sms", "+79161234567")], n
         m = outbox_for(env, b["id"])
         assert len(m) == 1 and m[0]["headers"]["To"] == "+79161234567", m
+        # opt_in subscribes again: e-mail is first once more
+        r = c.put("/api/v1/customers/" + cu,
+                  {"preferences": {"opt_in": {"email": True}}})
+        assert r.status == 200, r
+        assert r.json["preferences"]["opt_out"] == {}, r.json
+        e = post_ntf(c, {"event": "order.shipped", "customer": cu,
+                         "data": SHIPPED})
+        n = wait_state(c, e["id"], ("sent", "dead"))
+        assert [x["channel"] for x in n["attempts"]] == ["email"], n
 
 
 def test_opt_out_nothing_left_is_dead():
