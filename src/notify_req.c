@@ -552,11 +552,13 @@ static json_t *nr_ok_json(const redisReply *r)
 static int nr_dlq_op(const char *op, const char *id, sb_store_json_cb *cb,
                      void *arg)
 {
-    char now[SB_NTF_NUM];
-    const char *argv[4] = {sb_ntf.prefix, op, id, now};
+    char now[SB_NTF_NUM], ret[SB_NTF_NUM];
+    const char *argv[5] = {sb_ntf.prefix, op, id, now, ret};
 
     snprintf(now, sizeof(now), "%lld", (long long)sb_now_ms());
-    return nr_script("notify_dlq", nr_ok_json, cb, arg, 4, argv, NULL);
+    snprintf(ret, sizeof(ret), "%lld",
+             sb_ntf.c ? sb_ntf.c->retention / 1000 : 0);
+    return nr_script("notify_dlq", nr_ok_json, cb, arg, 5, argv, NULL);
 }
 
 int sb_notify_dlq_retry(const char *id, sb_store_json_cb *cb, void *arg)

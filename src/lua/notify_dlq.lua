@@ -6,8 +6,9 @@
 --   retry: 3 notification id, 4 now -> "ok": the entry leaves the
 --          stream, the notification starts over with every channel
 --          untried and is queued now
---   drop:  3 notification id, 4 now -> "ok": the entry leaves the stream,
---          the notification stays dead, marked dropped
+--   drop:  3 notification id, 4 now, 5 retention (s) -> "ok": the entry
+--          leaves the stream, the notification stays dead, marked dropped,
+--          and expires after the retention period
 -- Errors: "NOTFOUND not in the dead-letter queue", "INVALID ...".
 local P = ARGV[1]
 local D = P .. 'notify:dead'
@@ -55,6 +56,13 @@ if op == 'retry' then
     redis.call('INCR', P .. 'stats:ntf:dlq_retried')
 elseif op == 'drop' then
     redis.call('HSET', k, 'dlq', '', 'dropped', now, 'updated', now)
+    -- Out of the queue: kept for the retention period like any finished
+    -- one (5 ARGV: the retention in seconds, when given).
+    local ret = tonumber(ARGV[5])
+    if ret and ret > 0 then
+        redis.call('EXPIRE', k, ret)
+        redis.call('EXPIRE', k .. ':att', ret)
+    end
 else
     return redis.error_reply('INVALID op')
 end

@@ -603,6 +603,8 @@ def test_notify_dlq_queues_template():
             time.sleep(0.05)
         assert sb.ok("dlq", "drop", nid) == "%s: dropped\n" % nid
         assert c.get("/api/v1/dlq").json["entries"] == []
+        ttl = env.redis.cmd("TTL", "sb:ntf:" + nid)
+        assert 0 < ttl <= 30 * 86400, ttl  # kept for [notify] retention
         rc, out, err = sb.run("dlq", "drop", nid)
         assert rc == 1 and "404" in err, (rc, out, err)
         rc, out, err = sb.run("dlq", "retry")
