@@ -11,6 +11,7 @@ libsodium-dev libsystemd-dev libinih-dev
 redis-server redis-tools curl
 libcmocka-dev valgrind libclang-rt-14-dev
 prometheus systemd
+kannel kannel-extras
 wrk nginx-light
 chromium fonts-dejavu-core"
 
