@@ -443,23 +443,23 @@ static int nr_numeric(const char *k)
 
 static json_t *nr_get_json(const redisReply *r)
 {
-    const redisReply *h, *att;
-    json_t *o, *list;
+    json_t *o, *list = NULL;
 
-    if (r->type != REDIS_REPLY_ARRAY || r->elements < 2 ||
-        r->element[0]->type != REDIS_REPLY_ARRAY ||
-        r->element[1]->type != REDIS_REPLY_ARRAY)
+    if (r->type != REDIS_REPLY_ARRAY)
         return NULL;
-    h = r->element[0];
-    att = r->element[1];
     o = json_object();
-    for (size_t i = 0; i + 1 < h->elements; i += 2) {
-        const char *k = h->element[i]->str;
-        const redisReply *v = h->element[i + 1];
+    for (size_t i = 0; i + 1 < r->elements; i += 2) {
+        const char *k = r->element[i]->str;
+        const redisReply *v = r->element[i + 1];
         json_t *j;
 
         if (!k || v->type != REDIS_REPLY_STRING || !strcmp(k, "attempts"))
             continue;
+        if (!strcmp(k, "att")) {
+            json_decref(list);
+            list = json_loadb(v->str, v->len, 0, NULL);
+            continue;
+        }
         if (!strcmp(k, "data") || !strcmp(k, "channels") ||
             !strcmp(k, "tried")) {
             j = json_loadb(v->str, v->len, 0, NULL);
@@ -474,16 +474,13 @@ static json_t *nr_get_json(const redisReply *r)
         }
         json_object_set_new(o, k, j);
     }
-    list = json_array();
-    for (size_t i = 0; i < att->elements; i++) {
-        json_t *a = att->element[i]->type == REDIS_REPLY_STRING
-                        ? json_loadb(att->element[i]->str,
-                                     att->element[i]->len, 0, NULL)
-                        : NULL;
-        if (a)
-            json_array_append_new(list, a);
+    if (!json_is_array(list)) {
+        json_decref(list);
+        list = json_array();
     }
     json_object_set_new(o, "attempts", list);
+    if (!json_object_get(o, "tried"))
+        json_object_set_new(o, "tried", json_array());
     return o;
 }
 

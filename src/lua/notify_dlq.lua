@@ -48,7 +48,6 @@ local now = tonumber(ARGV[4])
 redis.call('XDEL', D, h[2])
 if op == 'retry' then
     redis.call('PERSIST', k)
-    redis.call('PERSIST', k .. ':att')
     redis.call('HSET', k, 'state', 'accepted', 'tried', '[]', 'cur', '',
         'ch_tries', 0, 'ch_first', 0, 'dlq', '', 'reason', '',
         'updated', now)
@@ -61,7 +60,6 @@ elseif op == 'drop' then
     local ret = tonumber(ARGV[5])
     if ret and ret > 0 then
         redis.call('EXPIRE', k, ret)
-        redis.call('EXPIRE', k .. ':att', ret)
     end
 else
     return redis.error_reply('INVALID op')

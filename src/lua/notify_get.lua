@@ -1,5 +1,6 @@
 -- notify_get.lua - one notification with its attempts.
--- ARGV: 1 prefix, 2 id. Returns {{field, value, ...}, {attempt JSON, ...}}.
+-- ARGV: 1 prefix, 2 id. Returns {field, value, ...} (the attempts are the
+-- JSON array in field "att").
 -- Errors: "NOTFOUND ...".
 local P = ARGV[1]
 local id = ARGV[2]
@@ -8,4 +9,4 @@ if not string.match(id, '^nt_%d+$') then
 end
 local h = redis.call('HGETALL', P .. 'ntf:' .. id)
 if #h == 0 then return redis.error_reply('NOTFOUND no such notification') end
-return { h, redis.call('LRANGE', P .. 'ntf:' .. id .. ':att', 0, -1) }
+return h

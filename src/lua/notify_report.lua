@@ -25,24 +25,24 @@ local function main()
     n = tonumber(n)
     local k = P .. 'ntf:' .. id
     local h = ntf_fields(k, 'state', 'customer', 'event', 'ref',
-        'awaiting', 'tried', 'cur')
+        'awaiting', 'tried', 'cur', 'att')
     if h[1] == '' then sb_fail('NOTFOUND', 'no such attempt') end
-    local raw = redis.call('LINDEX', k .. ':att', n - 1)
-    if not raw then
+    local atts = ntf_atts(h[8])
+    local att = atts[n]
+    if type(att) ~= 'table' then
         if RANK[status] == 3 then
             redis.call('HSET', k .. ':early', tostring(n), status)
             redis.call('EXPIRE', k .. ':early', 86400)
         end
         return 'early'
     end
-    local att = cjson.decode(raw)
     local cur = att.report
     if cur == 'unknown' and RANK[status] == 3 then cur = nil end
     if cur and (RANK[cur] or 3) >= RANK[status] then return 'stale' end
     att.report = status
     att.report_at = now
     if reason ~= '' then att.report_reason = reason end
-    redis.call('LSET', k .. ':att', n - 1, sb_enc(att))
+    redis.call('HSET', k, 'att', cjson.encode(atts))
     local text = status
     if reason ~= '' then text = status .. ': ' .. reason end
     ntf_log(P, h[2], now, 'status', 'internal', att.channel or '', text,

@@ -28,7 +28,7 @@ local function one(a)
     local nxt = tonumber(ARGV[a + 10])
     local k = P .. 'ntf:' .. id
     local h = ntf_fields(k, 'state', 'customer', 'event', 'ref',
-        'tried')
+        'tried', 'att')
     if h[1] ~= 'sending' then return end -- dropped or finished meanwhile
     if outcome == 'hold' then
         redis.call('HSET', k, 'state', 'held', 'cur', '', 'updated', now)
@@ -55,7 +55,9 @@ local function one(a)
         att.report_at = now
         redis.call('DEL', k .. ':early')
     end
-    redis.call('RPUSH', k .. ':att', cjson.encode(att))
+    local atts = ntf_atts(h[6])
+    atts[#atts + 1] = att
+    local attj = cjson.encode(atts)
     local ck = result .. ':' .. ch
     counts[ck] = (counts[ck] or 0) + 1
     if outcome == 'sent' then
@@ -77,34 +79,35 @@ local function one(a)
         if early == 'delivered' then
             redis.call('HSET', k, 'state', 'delivered', 'sent_at', now,
                 'delivered_at', now, 'reason', '', 'attempts', n,
-                'updated', now)
+                'att', attj, 'updated', now)
             ntf_expire(P, id, retention)
         elseif early then -- undelivered / failed before we knew
             local t = ntf_json_array(h[5])
             t[#t + 1] = ch
             redis.call('HSET', k, 'state', 'failed', 'sent_at', now,
                 'reason', 'report: ' .. early, 'tried', sb_enc(sb_arr(t)),
-                'attempts', n, 'updated', now)
+                'attempts', n, 'att', attj, 'updated', now)
             redis.call('XADD', S, '*', 'ntf', id)
         elseif deadline > 0 then
             redis.call('HSET', k, 'state', 'sent', 'sent_at', now,
-                'awaiting', n, 'reason', '', 'attempts', n, 'updated', now)
+                'awaiting', n, 'reason', '', 'attempts', n, 'att', attj,
+                'updated', now)
             redis.call('ZADD', P .. 'ntf:due', deadline, id)
         else
             redis.call('HSET', k, 'state', 'sent', 'sent_at', now,
-                'reason', '', 'attempts', n, 'updated', now)
+                'reason', '', 'attempts', n, 'att', attj, 'updated', now)
             ntf_expire(P, id, retention)
         end
     elseif outcome == 'temp' and nxt > 0 then
         redis.call('HSET', k, 'state', 'failed', 'reason', reason,
-            'attempts', n, 'updated', now)
+            'attempts', n, 'att', attj, 'updated', now)
         redis.call('ZADD', P .. 'ntf:due', nxt, id)
     else
         local t = ntf_json_array(h[5])
         t[#t + 1] = ch
         redis.call('HSET', k, 'state', 'failed', 'reason', ch .. ': ' ..
             reason, 'tried', sb_enc(sb_arr(t)), 'attempts', n,
-            'updated', now)
+            'att', attj, 'updated', now)
         redis.call('XADD', S, '*', 'ntf', id)
     end
 end

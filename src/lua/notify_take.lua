@@ -258,18 +258,15 @@ local function take_one(a, b)
         -- Its report deadline passed (the schedule woke it): the attempt's
         -- outcome is unknown; carry on with the next channel.
         local n = tonumber(h.awaiting)
-        local raw = redis.call('LINDEX', k .. ':att', n - 1)
-        if raw then
-            local okd, att = pcall(cjson.decode, raw)
-            if okd and type(att) == 'table' then
-                att.report = 'unknown'
-                att.report_at = now
-                redis.call('LSET', k .. ':att', n - 1, sb_enc(att))
-            end
+        local atts = ntf_atts(redis.call('HGET', k, 'att'))
+        if type(atts[n]) == 'table' then
+            atts[n].report = 'unknown'
+            atts[n].report_at = now
         end
         redis.call('HDEL', k, 'awaiting')
         h.reason = 'no delivery report in time'
-        redis.call('HSET', k, 'state', 'failed', 'reason', h.reason)
+        redis.call('HSET', k, 'state', 'failed', 'reason', h.reason,
+            'att', cjson.encode(atts))
         tried_add(id, h, h.cur)
         st = 'failed'
     end

@@ -1,8 +1,7 @@
 -- notify.lua - the notification record, shared by the notify_*.lua scripts.
 --
--- One hash per notification, P..'ntf:<id>' (fields in docs/redis-layout.md),
--- its attempts in the list P..'ntf:<id>:att' (one JSON object each, in
--- order), the retry/hold schedule in the zset P..'ntf:due' (score: when),
+-- One hash per notification, P..'ntf:<id>' (fields in
+-- docs/notifications.md; its attempts in the field "att"), the retry/hold schedule in the zset P..'ntf:due' (score: when),
 -- work in the stream P..'notify' (entries {ntf=<id>} or a business
 -- system's raw fields), dead letters in P..'notify:dead', rejected raw
 -- entries in P..'notify:rejects'. The clock is the caller's (ARGV `now`),
@@ -45,8 +44,15 @@ end
 local function ntf_expire(P, id, retention)
     if retention and retention > 0 then
         redis.call('EXPIRE', P .. 'ntf:' .. id, retention)
-        redis.call('EXPIRE', P .. 'ntf:' .. id .. ':att', retention)
     end
+end
+
+-- The attempts are the record's field "att": a JSON array of objects, in
+-- order (one field, not a list key: a write and an expiry less each).
+local function ntf_atts(s)
+    local t = ntf_json_array(s)
+    if #t == 0 then return {} end
+    return t
 end
 
 local function ntf_superseded(P, old, by, by_event, now, retention)

@@ -20,7 +20,7 @@
 //
 //   switchboard  enq = the "enq" field of ntf:<id> (the entry id's time,
 //                Redis' clock at XADD), sent = "at" of the last attempt in
-//                ntf:<id>:att (the daemon's clock when the result was
+//                ntf:<id> field att (the daemon's clock when the result was
 //                recorded), for the ids the run created (seq:ntf before and
 //                after);
 //   bullmq       enq = the job's "timestamp" (the producer's clock at
@@ -192,15 +192,15 @@ const SB = {
             const p = redis.pipeline();
             const b = Math.min(s1, a + CHUNK - 1);
             for (let i = a; i <= b; i++) {
-                p.hmget(P + 'ntf:nt_' + i, 'enq', 'state', 'customer');
-                p.lindex(P + 'ntf:nt_' + i + ':att', -1);
+                p.hmget(P + 'ntf:nt_' + i, 'enq', 'state', 'customer', 'att');
             }
             const r = await p.exec();
-            for (let k = 0; k < r.length; k += 2) {
-                const [enq, state, cust] = r[k][1] || [];
+            for (let k = 0; k < r.length; k += 1) {
+                const [enq, state, cust, atts] = r[k][1] || [];
                 let at = NaN;
                 try {
-                    const att = JSON.parse(r[k + 1][1] || 'null');
+                    const all = JSON.parse(atts || '[]');
+                    const att = all.length ? all[all.length - 1] : null;
                     if (att && att.result === 'sent') at = Number(att.at);
                 } catch (e) { /* counted as not sent */ }
                 out.push({ enq: Number(enq), done: at, state, cust });
