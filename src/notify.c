@@ -246,7 +246,6 @@ static struct {
     struct thr thr[NT_NCHAN];
     struct job *all_head, *all_tail;
     struct rbatch *cur, *retry;    /* results to write */
-    size_t writing;                /* result calls in flight */
     uv_check_t flush;
     uv_timer_t due, claim, stats, retry_timer;
     int due_running, claim_running, stats_running;
@@ -256,8 +255,6 @@ static struct {
     struct sb_metric *m_sends, *m_latency, *m_e2s, *m_read, *m_rejected,
         *m_stream, *m_backlog, *m_pending, *m_pending_c, *m_sched, *m_dead,
         *m_rejects, *m_queued, *m_claimed;
-    /* last figures from notify_stats, for sb_notify_stats */
-    json_t *last_stats;
 } D;
 
 size_t sb_notify_inflight(void)
@@ -330,7 +327,6 @@ static void nt_written(redisReply *r, const char *err, void *arg)
 {
     struct rbatch *b = arg;
 
-    D.writing--;
     if (r && r->type == REDIS_REPLY_ERROR) {
         /* The script refused the batch itself (a bug, not an outage):
          * writing it again would fail again and hold these entries in
@@ -390,12 +386,8 @@ static void nt_write(struct rbatch *b)
                          (int)(b->nslots + 5), argv, lens);
     free(argv);
     free(lens);
-    if (rc == 0) {
-        D.writing++;
-        return;
-    }
-    D.writing++;
-    nt_written(NULL, "redis unavailable", b);
+    if (rc < 0)
+        nt_written(NULL, "redis unavailable", b);
 }
 
 static void nt_flush(uv_check_t *h)
@@ -1311,8 +1303,6 @@ static void nt_stats_done(redisReply *r, const char *err, void *arg)
     if (err || !r || r->type != REDIS_REPLY_ARRAY || r->elements < 8)
         return;
     stats_gauges(r);
-    json_decref(D.last_stats);
-    D.last_stats = stats_json(r);
 }
 
 static void nt_stats_tick(uv_timer_t *t)
@@ -1639,8 +1629,6 @@ void sb_notify_stop(void)
     sb_ntf.cmd = NULL;
     sb_tpl_free(sb_ntf.tpl);
     sb_ntf.tpl = NULL;
-    json_decref(D.last_stats);
-    D.last_stats = NULL;
     free(D.consumer);
     free(sb_ntf.prefix);
     free(sb_ntf.default_country);
