@@ -1,10 +1,12 @@
 -- notify_stats.lua - queue gauges for /metrics and the dashboard, and the
 -- stream trim.
 --
+-- Consumers idle for a day with nothing pending are removed.
 -- The work stream is trimmed (MINID) only below both its oldest pending
 -- entry and the first entry not yet delivered to the group, so nothing a
 -- consumer has not acknowledged is ever removed.
--- ARGV: 1 prefix, 2 group, 3 trim (1/0).
+-- ARGV: 1 prefix, 2 group, 3 trim (1/0), 4 idle ms after which a
+-- consumer with nothing pending is removed (default a day).
 -- Returns {length, lag (-1 unknown), pending, scheduled, dead, rejects,
 --   {consumer, pending, idle ms, ...}, trimmed}.
 local P = ARGV[1]
@@ -28,14 +30,22 @@ if ok then
         end
     end
 end
+-- A consumer that holds nothing and has not been seen for a day (an
+-- instance renamed or gone for good) is forgotten, so the list and the
+-- per-consumer gauge do not grow for ever.
+local GONE_MS = tonumber(ARGV[4]) or 86400000
 local consumers = {}
 if last then
     for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', S, G)) do
         local t = {}
         for i = 1, #c, 2 do t[c[i]] = c[i + 1] end
-        consumers[#consumers + 1] = t.name
-        consumers[#consumers + 1] = t.pending
-        consumers[#consumers + 1] = t.idle
+        if t.pending == 0 and t.idle > GONE_MS then
+            redis.call('XGROUP', 'DELCONSUMER', S, G, t.name)
+        else
+            consumers[#consumers + 1] = t.name
+            consumers[#consumers + 1] = t.pending
+            consumers[#consumers + 1] = t.idle
+        end
     end
 end
 local trimmed = 0

@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 #include <hiredis/hiredis.h>
@@ -1333,6 +1334,30 @@ static void test_report_early(void **state)
     assert_int_equal(xpending(), 1);
 }
 
+/* notify_stats: a consumer idle past the limit with nothing pending is
+ * removed; one holding an entry stays, however idle. */
+static void test_stats_forgets_gone_consumers(void **state)
+{
+    redisReply *r;
+
+    (void)state;
+    /* the group may exist already: BUSYGROUP is fine */
+    freeReplyObject(redisCommand(C, "XGROUP CREATE " P "notify " G
+                                    " 0 MKSTREAM"));
+    freeReplyObject(redisCommand(C, "XREADGROUP GROUP " G " idle COUNT 1 "
+                                    "STREAMS " P "notify >"));
+    freeReplyObject(redisCommand(C, "XADD " P "notify * ntf nt_9"));
+    freeReplyObject(redisCommand(C, "XREADGROUP GROUP " G " holder COUNT 1 "
+                                    "STREAMS " P "notify >"));
+    usleep(60 * 1000);
+    r = EVAL("notify_stats", P, G, "0", "40");
+    assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+    assert_int_equal(r->element[6]->elements, 3); /* holder only */
+    assert_string_equal(r->element[6]->element[0]->str, "holder");
+    r = EVAL("notify_stats", P, G, "0", "86400000");
+    assert_int_equal(r->element[6]->elements, 3);
+}
+
 #define T(f) cmocka_unit_test_setup_teardown(f, test_setup, test_teardown)
 
 int main(void)
@@ -1356,6 +1381,7 @@ int main(void)
         T(test_report_deadline),
         T(test_report_missed),
         T(test_report_early),
+        T(test_stats_forgets_gone_consumers),
     };
 
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
