@@ -33,6 +33,7 @@
 #include "channel.h"
 #include "core.h"
 #include "http.h"
+#include "list.h"
 #include "log.h"
 #include "metrics.h"
 #include "notify_int.h"
@@ -210,7 +211,7 @@ static const char *const nt_chan_names[NT_NCHAN] = {"email", "sms", "chat",
  * buf (one allocation per job). */
 struct job {
     struct job *next;              /* throttle queue */
-    struct job *prev_all, *next_all; /* every job, oldest first */
+    struct sb_list_node all;       /* on D.jobs: every job, oldest first */
     char *eid, *ntf, *channel, *to, *event, *locale, *tz, *quiet, *priority,
         *data, *ref, *customer, *cname;
     int attempt, tries;
@@ -244,7 +245,7 @@ static struct {
     char cursor[48];               /* pending phase: last id read */
     size_t inflight;               /* entries read, not yet acked */
     struct thr thr[NT_NCHAN];
-    struct job *all_head, *all_tail;
+    struct sb_list jobs;           /* every job in hand */
     struct rbatch *cur, *retry;    /* results to write */
     uv_check_t flush;
     uv_timer_t due, claim, stats, retry_timer;
@@ -437,21 +438,9 @@ static void nt_result(struct job *j, const char *outcome, const char *reason,
 
 /* ---- jobs --------------------------------------------------------------- */
 
-static void job_unlink(struct job *j)
-{
-    if (j->prev_all)
-        j->prev_all->next_all = j->next_all;
-    else
-        D.all_head = j->next_all;
-    if (j->next_all)
-        j->next_all->prev_all = j->prev_all;
-    else
-        D.all_tail = j->prev_all;
-}
-
 static void job_free(struct job *j)
 {
-    job_unlink(j);
+    sb_list_remove(&D.jobs, &j->all);
     sb_rendered_free(&j->r);
     free(j->meta);
     free(j);
@@ -716,12 +705,7 @@ static struct job *job_new(const redisReply *it)
     snprintf(j->attempt_id, sizeof(j->attempt_id), "%s.%d", j->ntf,
              j->attempt);
     j->held_since = uv_now(D.loop);
-    j->prev_all = D.all_tail;
-    if (D.all_tail)
-        D.all_tail->next_all = j;
-    else
-        D.all_head = j;
-    D.all_tail = j;
+    sb_list_push_back(&D.jobs, &j->all);
     return j;
 }
 
@@ -1172,8 +1156,10 @@ static void nt_claim_done(redisReply *r, const char *err, void *arg)
             int mine = 0;
             if (x->type == REDIS_REPLY_ARRAY && x->elements >= 1 &&
                 is_str(x->element[0]))
-                for (struct job *j = D.all_head; j && !mine; j = j->next_all)
-                    mine = strcmp(j->eid, x->element[0]->str) == 0;
+                for (struct sb_list_node *n = D.jobs.head; n && !mine;
+                     n = n->next)
+                    mine = strcmp(sb_container_of(n, struct job, all)->eid,
+                                  x->element[0]->str) == 0;
             if (!mine)
                 keep[nk++] = e->element[i];
         }
@@ -1207,7 +1193,10 @@ static void nt_heartbeat(void)
     argv[2] = sb_ntf.c->group;
     argv[3] = D.consumer;
     argv[4] = "0";
-    for (struct job *j = D.all_head; j && n < 100; j = j->next_all) {
+    for (struct sb_list_node *ln = D.jobs.head; ln && n < 100;
+         ln = ln->next) {
+        struct job *j = sb_container_of(ln, struct job, all);
+
         if (now - j->held_since < age)
             continue;
         argv[5 + n++] = j->eid;

@@ -7,6 +7,7 @@
 
 #include <cmocka.h>
 
+#include "list.h"
 #include "util.h"
 
 static void test_utf8(void **state)
@@ -62,11 +63,60 @@ static void test_buf_cap(void **state)
     sb_buf_free(&b);
 }
 
+struct item {
+    int v;
+    struct sb_list_node link;
+};
+
+/* The values on l, in order, as a string ("123"). */
+static const char *list_str(const struct sb_list *l)
+{
+    static char out[16];
+    size_t k = 0;
+
+    for (const struct sb_list_node *n = l->head; n; n = n->next)
+        out[k++] = (char)('0' + sb_container_of(n, struct item, link)->v);
+    out[k] = '\0';
+    return out;
+}
+
+static void test_list(void **state)
+{
+    struct sb_list l = SB_LIST_INIT;
+    struct item it[5];
+
+    (void)state;
+    for (int i = 0; i < 5; i++)
+        it[i].v = i;
+    assert_null(sb_list_pop_front(&l));
+    sb_list_push_back(&l, &it[1].link);
+    sb_list_push_back(&l, &it[2].link);
+    sb_list_push_front(&l, &it[0].link);
+    sb_list_push_back(&l, &it[3].link);
+    assert_string_equal(list_str(&l), "0123");
+    assert_int_equal(l.count, 4);
+    sb_list_remove(&l, &it[2].link);  /* middle */
+    sb_list_remove(&l, &it[3].link);  /* tail */
+    assert_string_equal(list_str(&l), "01");
+    assert_ptr_equal(l.tail, &it[1].link);
+    sb_list_remove(&l, &it[0].link);  /* head */
+    assert_ptr_equal(l.head, &it[1].link);
+    assert_ptr_equal(sb_list_pop_front(&l), &it[1].link);
+    assert_null(l.head);
+    assert_null(l.tail);
+    assert_int_equal(l.count, 0);
+    sb_list_push_back(&l, &it[4].link);
+    assert_string_equal(list_str(&l), "4");
+    /* back from a node to its struct */
+    assert_ptr_equal(sb_container_of(l.head, struct item, link), &it[4]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_utf8),
         cmocka_unit_test(test_buf_cap),
+        cmocka_unit_test(test_list),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
