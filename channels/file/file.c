@@ -56,6 +56,7 @@
 
 #include "channel.h"
 #include "config.h"
+#include "list.h"
 #include "log.h"
 #include "util.h"
 
@@ -113,15 +114,15 @@ struct file_chan {
     char *dir;
     char *fail_to;              /* NULL when the hook is off */
     size_t max_pending;
-    size_t pending;             /* accepted, not completed */
-    struct file_op *ops;        /* every accepted, unfinished send */
+    struct sb_list ops;         /* every accepted, unfinished send; its
+                                 * count is the number pending */
     struct file_op *ready_head; /* outcome known, completion queued */
     struct file_op *ready_tail;
     size_t nready;
 };
 
 struct file_op {
-    struct file_op *prev, *next; /* in file_chan.ops */
+    struct sb_list_node link;    /* in file_chan.ops */
     struct file_op *next_ready;
     struct file_chan *fc;        /* NULL once stop() detached it */
     uv_loop_t *loop;
@@ -225,24 +226,12 @@ static void file_op_free(struct file_op *op)
 
 static void file_op_link(struct file_chan *fc, struct file_op *op)
 {
-    op->prev = NULL;
-    op->next = fc->ops;
-    if (fc->ops)
-        fc->ops->prev = op;
-    fc->ops = op;
-    fc->pending++;
+    sb_list_push_front(&fc->ops, &op->link);
 }
 
 static void file_op_unlink(struct file_chan *fc, struct file_op *op)
 {
-    if (op->prev)
-        op->prev->next = op->next;
-    else
-        fc->ops = op->next;
-    if (op->next)
-        op->next->prev = op->prev;
-    op->prev = op->next = NULL;
-    fc->pending--;
+    sb_list_remove(&fc->ops, &op->link);
 }
 
 /* The one place a completion is delivered (stop() aside). The result's
@@ -581,7 +570,7 @@ static int file_send(struct sb_channel *ch, struct sb_outmsg *msg,
     int64_t now;
     int rc;
 
-    if (!fc || !msg || !done || fc->pending >= fc->max_pending)
+    if (!fc || !msg || !done || fc->ops.count >= fc->max_pending)
         return -1;
     op = sb_calloc(1, sizeof(*op));
     op->fc = fc;
@@ -631,7 +620,7 @@ static void file_stop(struct sb_channel *ch)
     struct file_chan *fc = ch ? ch->priv : NULL;
     const struct sb_send_result r = {SB_SEND_CANCELLED, "channel stopped",
                                      NULL, -1, 0};
-    struct file_op *op;
+    struct sb_list_node *node;
     size_t n = 0;
 
     if (!fc)
@@ -640,11 +629,11 @@ static void file_stop(struct sb_channel *ch)
     uv_timer_stop(&fc->kick);
     fc->ready_head = fc->ready_tail = NULL;
     fc->nready = 0;
-    while ((op = fc->ops) != NULL) {
+    while ((node = sb_list_pop_front(&fc->ops)) != NULL) {
+        struct file_op *op = sb_container_of(node, struct file_op, link);
         struct sb_outmsg *msg = op->msg;
         sb_send_done *done = op->done;
 
-        file_op_unlink(fc, op);
         op->fc = NULL;
         op->msg = NULL;
         op->done = NULL;

@@ -79,6 +79,7 @@
 #include "crypto.h"
 #include "events.h"
 #include "json.h"
+#include "list.h"
 #include "log.h"
 #include "metrics.h"
 #include "normalize.h"
@@ -253,7 +254,7 @@ enum chat_hello {
 
 struct chat_conn {
     uint64_t id;
-    struct chat_conn *prev, *next; /* every socket */
+    struct sb_list_node link;      /* in chat_state.conns */
     struct chat_conn *vnext;       /* the visitor's sockets */
     struct chat_visitor *v;        /* set with the welcome */
     enum chat_hello hello;
@@ -282,8 +283,8 @@ struct chat_state {
     uv_timer_t kick;
     struct chat_visitor *by_vid[CHAT_BUCKETS];
     struct chat_visitor *by_conv[CHAT_BUCKETS];
-    struct chat_conn *conns;
-    size_t nconns, nvisitors;
+    struct sb_list conns;         /* every socket */
+    size_t nvisitors;
     struct chat_send *ready_head, *ready_tail;
     struct chat_send *relay_head, *relay_tail;
     uv_timer_t relay_timer;
@@ -1372,11 +1373,7 @@ static int chat_ws_open(struct sb_ws_conn *wc)
     c = sb_calloc(1, sizeof(*c));
     c->id = sb_ws_id(wc);
     c->err_ms = sb_calloc(CS->max_errors, sizeof(*c->err_ms));
-    c->next = CS->conns;
-    if (CS->conns)
-        CS->conns->prev = c;
-    CS->conns = c;
-    CS->nconns++;
+    sb_list_push_front(&CS->conns, &c->link);
     sb_ws_set_user(wc, c);
     return 0;
 }
@@ -1401,13 +1398,7 @@ static void chat_ws_close(struct sb_ws_conn *wc)
     sb_ws_set_user(wc, NULL);
     if (CS) {
         chat_detach(c);
-        if (c->prev)
-            c->prev->next = c->next;
-        else
-            CS->conns = c->next;
-        if (c->next)
-            c->next->prev = c->prev;
-        CS->nconns--;
+        sb_list_remove(&CS->conns, &c->link);
     }
     chat_conn_free(c);
 }
@@ -1798,7 +1789,7 @@ static void chat_on_event(const json_t *ev, void *arg)
 
 static double chat_sockets_fn(void *arg)
 {
-    return CS ? (double)CS->nconns : 0;
+    return CS ? (double)CS->conns.count : 0;
 }
 
 /* The [chat] limits, applied at start and again on SIGHUP: ws.c reads
@@ -1940,7 +1931,7 @@ static void chat_stop(struct sb_channel *ch)
     const struct sb_send_result r = {SB_SEND_CANCELLED, "channel stopped",
                                      NULL, -1, 0};
     struct chat_send *op;
-    struct chat_conn *c;
+    struct sb_list_node *node;
     size_t n = 0;
 
     if (!s || s != CS)
@@ -1949,16 +1940,15 @@ static void chat_stop(struct sb_channel *ch)
     uv_timer_stop(&s->kick);
     uv_timer_stop(&s->relay_timer);
     /* Sockets stay with ws.c; they answer 1001 from now on. */
-    while ((c = s->conns) != NULL) {
+    while ((node = sb_list_pop_front(&s->conns)) != NULL) {
+        struct chat_conn *c = sb_container_of(node, struct chat_conn, link);
         struct sb_ws_conn *wc = sb_ws_find(c->id);
 
         if (wc)
             sb_ws_set_user(wc, NULL);
-        s->conns = c->next;
         chat_detach(c);
         chat_conn_free(c);
     }
-    s->nconns = 0;
     CS = NULL; /* from here a send() or a late store reply finds nothing */
     while ((op = s->ready_head) != NULL) {
         s->ready_head = op->next;
