@@ -84,6 +84,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "list.h"
 #include "log.h"
 #include "util.h"
 
@@ -128,8 +129,8 @@ enum hc_retry { HC_NO_RETRY, HC_RETRY_STALE, HC_RETRY_NEXT_ADDR };
 struct hc_conn;
 
 struct hc_req {
-    struct hc_req *prev, *next; /* in the queue or the deferred list */
-    struct hc_conn *conn;       /* when on a connection */
+    struct sb_list_node link; /* in the queue or the deferred list */
+    struct hc_conn *conn;     /* when on a connection */
     sb_hconn_cb *cb;
     void *arg;
     const char *body; /* borrowed until the callback */
@@ -145,19 +146,14 @@ struct hc_req {
     char head[]; /* the request head, built once */
 };
 
-struct hc_list {
-    struct hc_req *head, *tail;
-    size_t n;
-};
-
 struct hc_conn {
     uv_tcp_t tcp;
     uv_timer_t timer; /* connect, request deadline or idle timeout */
     uv_connect_t connect;
     uv_write_t write;
     struct sb_hconn_pool *pool;
-    struct hc_conn *prev, *next;           /* pool->conns (not closing) */
-    struct hc_conn *idle_prev, *idle_next; /* pool->idle */
+    struct sb_list_node link;      /* pool->conns (not closing) */
+    struct sb_list_node idle_link; /* pool->idle */
     struct hc_req *req;
     enum hc_conn_state state;
     int writing;        /* a uv_write is pending */
@@ -199,12 +195,10 @@ struct sb_hconn_pool {
     int closed;
     int resolving;
     size_t refs; /* open handles, live connections, a pending resolve */
-    struct hc_conn *conns;
-    struct hc_conn *idle;
-    size_t nconns;
-    size_t nidle;
-    struct hc_list queue;
-    struct hc_list deferred;
+    struct sb_list conns;    /* struct hc_conn, newest first */
+    struct sb_list idle;     /* struct hc_conn, most recently used first */
+    struct sb_list queue;    /* struct hc_req, FIFO */
+    struct sb_list deferred; /* struct hc_req, FIFO */
     size_t pending;
     uint64_t qdeadline; /* when qtimer fires, 0 = not armed */
     unsigned long long connects, retries, requests;
@@ -215,30 +209,17 @@ struct sb_hconn_pool {
 
 /* ---- small helpers ------------------------------------------------------ */
 
-static void list_push(struct hc_list *l, struct hc_req *r)
+/* The request at the head of l (the queue or the deferred list), or NULL;
+ * it stays on the list. */
+static struct hc_req *req_first(const struct sb_list *l)
 {
-    r->next = NULL;
-    r->prev = l->tail;
-    if (l->tail)
-        l->tail->next = r;
-    else
-        l->head = r;
-    l->tail = r;
-    l->n++;
+    return l->head ? sb_container_of(l->head, struct hc_req, link) : NULL;
 }
 
-static void list_remove(struct hc_list *l, struct hc_req *r)
+/* The most recently used idle connection, or NULL. */
+static struct hc_conn *idle_first(const struct sb_list *l)
 {
-    if (r->prev)
-        r->prev->next = r->next;
-    else
-        l->head = r->next;
-    if (r->next)
-        r->next->prev = r->prev;
-    else
-        l->tail = r->prev;
-    r->prev = r->next = NULL;
-    l->n--;
+    return l->head ? sb_container_of(l->head, struct hc_conn, idle_link) : NULL;
 }
 
 /* Log a warning unless one was logged less than HC_WARN_EVERY_MS ago. */
@@ -418,7 +399,7 @@ static void hc_defer(struct sb_hconn_pool *p, struct hc_req *r,
     r->where = HC_DEFERRED;
     r->derr = err;
     r->dmsg = msg;
-    list_push(&p->deferred, r);
+    sb_list_push_back(&p->deferred, &r->link);
     if (!p->closed && !uv_is_active((uv_handle_t *)&p->kick))
         uv_timer_start(&p->kick, on_kick, 0, 0);
 }
@@ -428,8 +409,8 @@ static void hc_run_deferred(struct sb_hconn_pool *p)
 {
     struct hc_req *r;
 
-    while (!p->closed && (r = p->deferred.head) != NULL) {
-        list_remove(&p->deferred, r);
+    while (!p->closed && (r = req_first(&p->deferred)) != NULL) {
+        sb_list_remove(&p->deferred, &r->link);
         r->where = HC_NOWHERE;
         hc_fail(p, r, r->derr, r->dmsg);
     }
@@ -474,14 +455,7 @@ static void on_conn_closed(uv_handle_t *h)
 
 static void idle_remove(struct sb_hconn_pool *p, struct hc_conn *c)
 {
-    if (c->idle_prev)
-        c->idle_prev->idle_next = c->idle_next;
-    else
-        p->idle = c->idle_next;
-    if (c->idle_next)
-        c->idle_next->idle_prev = c->idle_prev;
-    c->idle_prev = c->idle_next = NULL;
-    p->nidle--;
+    sb_list_remove(&p->idle, &c->idle_link);
 }
 
 /* Close c (its request, if any, must have been detached). Its memory goes
@@ -495,14 +469,7 @@ static void hc_conn_close(struct hc_conn *c)
         return;
     if (c->state == HC_IDLE)
         idle_remove(p, c);
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        p->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    c->prev = c->next = NULL;
-    p->nconns--;
+    sb_list_remove(&p->conns, &c->link);
     c->state = HC_CLOSING;
     c->nclose = 2;
     uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
@@ -548,11 +515,7 @@ static int hc_conn_open(struct sb_hconn_pool *p, struct hc_req *r)
     c->pool = p;
     sb_buf_init(&c->line, HC_LINE_MAX);
     sb_buf_init(&c->body, p->o.max_body);
-    c->next = p->conns;
-    if (p->conns)
-        p->conns->prev = c;
-    p->conns = c;
-    p->nconns++;
+    sb_list_push_front(&p->conns, &c->link);
     p->refs++;
     p->connects++;
     c->state = HC_CONNECTING;
@@ -601,12 +564,7 @@ static void hc_conn_idle(struct hc_conn *c)
     struct sb_hconn_pool *p = c->pool;
 
     c->state = HC_IDLE;
-    c->idle_prev = NULL;
-    c->idle_next = p->idle;
-    if (p->idle)
-        p->idle->idle_prev = c;
-    p->idle = c;
-    p->nidle++;
+    sb_list_push_front(&p->idle, &c->idle_link);
     uv_timer_start(&c->timer, on_conn_timer, (uint64_t)p->o.idle_timeout_ms, 0);
 }
 
@@ -1107,13 +1065,15 @@ static void on_qtimer(uv_timer_t *t)
 {
     struct sb_hconn_pool *p = t->data;
     uint64_t now = uv_now(p->loop), next = 0;
-    struct hc_req *r, *nx;
+    struct sb_list_node *n, *nx;
 
     p->qdeadline = 0;
-    for (r = p->queue.head; r; r = nx) {
-        nx = r->next;
+    for (n = p->queue.head; n; n = nx) {
+        struct hc_req *r = sb_container_of(n, struct hc_req, link);
+
+        nx = n->next;
         if (r->deadline <= now) {
-            list_remove(&p->queue, r);
+            sb_list_remove(&p->queue, &r->link);
             hc_defer(p, r, SB_HCONN_ETIMEOUT, "timeout");
         } else if (!next || r->deadline < next) {
             next = r->deadline;
@@ -1132,13 +1092,13 @@ static void hc_dispatch(struct sb_hconn_pool *p)
 
     if (p->closed || p->state != HC_READY)
         return;
-    while ((r = p->queue.head) != NULL) {
-        struct hc_conn *c = p->idle;
+    while ((r = req_first(&p->queue)) != NULL) {
+        struct hc_conn *c = idle_first(&p->idle);
 
         if (c) {
             idle_remove(p, c);
             c->state = HC_BUSY;
-            list_remove(&p->queue, r);
+            sb_list_remove(&p->queue, &r->link);
             c->req = r;
             r->conn = c;
             r->where = HC_ON_CONN;
@@ -1147,8 +1107,8 @@ static void hc_dispatch(struct sb_hconn_pool *p)
                 hc_conn_close(c);
                 hc_defer(p, r, SB_HCONN_ENETWORK, "network error");
             }
-        } else if (p->nconns < p->o.max_conns) {
-            list_remove(&p->queue, r);
+        } else if (p->conns.count < p->o.max_conns) {
+            sb_list_remove(&p->queue, &r->link);
             if (hc_conn_open(p, r) < 0) {
                 hc_warn(p, "connect failed", "cannot open a socket");
                 hc_defer(p, r, SB_HCONN_ECONNECT, "connect failed");
@@ -1191,8 +1151,8 @@ static void on_resolved(uv_getaddrinfo_t *g, int status, struct addrinfo *res)
         SB_WARN(HC_PLACE, "resolve failed host=%s err=%s",
                 sb_log_safe(p->host, host, sizeof(host)),
                 status < 0 ? uv_strerror(status) : "no address");
-        while ((r = p->queue.head) != NULL) {
-            list_remove(&p->queue, r);
+        while ((r = req_first(&p->queue)) != NULL) {
+            sb_list_remove(&p->queue, &r->link);
             hc_defer(p, r, SB_HCONN_ERESOLVE, "resolve failed");
         }
         hc_run_deferred(p);
@@ -1360,7 +1320,7 @@ int sb_hconn_request(struct sb_hconn_pool *p, const struct sb_hconn_req *req,
         !path_ok(req->path) || !headers_ok(req->headers) ||
         (req->body_len && !req->body) || req->body_len > UINT_MAX)
         return -1;
-    if (p->queue.n >= p->o.max_queue)
+    if (p->queue.count >= p->o.max_queue)
         return -1;
     if (p->state == HC_UNRESOLVED && hc_resolve(p) < 0)
         return -1;
@@ -1410,7 +1370,7 @@ int sb_hconn_request(struct sb_hconn_pool *p, const struct sb_hconn_req *req,
     r->deadline = uv_now(p->loop) + (uint64_t)timeout;
     r->where = HC_QUEUED;
     p->pending++;
-    list_push(&p->queue, r);
+    sb_list_push_back(&p->queue, &r->link);
     hc_dispatch(p);
     if (r->where == HC_QUEUED)
         hc_qtimer_arm(p, r->deadline);
@@ -1427,9 +1387,9 @@ void sb_hconn_stats(const struct sb_hconn_pool *p, struct sb_hconn_stats *out)
     memset(out, 0, sizeof(*out));
     if (!p)
         return;
-    out->conns = p->nconns;
-    out->idle = p->nidle;
-    out->queued = p->queue.n;
+    out->conns = p->conns.count;
+    out->idle = p->idle.count;
+    out->queued = p->queue.count;
     out->pending = p->pending;
     out->connects = p->connects;
     out->retries = p->retries;
@@ -1452,22 +1412,23 @@ void sb_hconn_pool_close(struct sb_hconn_pool *p)
     if (p->resolving)
         uv_cancel((uv_req_t *)&p->gai); /* on_resolved still runs */
     /* connections first: once closed, no write points at a body */
-    while ((c = p->conns) != NULL) {
+    while (p->conns.head) {
+        c = sb_container_of(p->conns.head, struct hc_conn, link);
         r = c->req;
         hc_detach(c);
         hc_conn_close(c);
         if (r) {
             r->where = HC_DEFERRED;
-            list_push(&p->deferred, r);
+            sb_list_push_back(&p->deferred, &r->link);
         }
     }
-    while ((r = p->queue.head) != NULL) {
-        list_remove(&p->queue, r);
+    while ((r = req_first(&p->queue)) != NULL) {
+        sb_list_remove(&p->queue, &r->link);
         r->where = HC_DEFERRED;
-        list_push(&p->deferred, r);
+        sb_list_push_back(&p->deferred, &r->link);
     }
-    while ((r = p->deferred.head) != NULL) {
-        list_remove(&p->deferred, r);
+    while ((r = req_first(&p->deferred)) != NULL) {
+        sb_list_remove(&p->deferred, &r->link);
         r->where = HC_NOWHERE;
         n++;
         hc_fail(p, r, SB_HCONN_ECANCELLED, "cancelled");

@@ -67,6 +67,7 @@
 #include "config.h"
 #include "hconn.h"
 #include "httpc.h"
+#include "list.h"
 #include "log.h"
 #include "util.h"
 
@@ -191,8 +192,8 @@ struct wh_chan {
     long timeout_ms;
     long connect_timeout_ms;
     size_t max_inflight;
-    size_t inflight;          /* accepted, not completed */
-    struct wh_op *ops;        /* every accepted, unfinished send */
+    struct sb_list ops;       /* every accepted, unfinished send; its
+                               * count is the number in flight */
     struct wh_op *ready_head; /* outcome known, completion queued */
     struct wh_op *ready_tail;
     size_t nready;
@@ -210,7 +211,7 @@ struct wh_retired {
 };
 
 struct wh_op {
-    struct wh_op *prev, *next; /* in wh_chan.ops */
+    struct sb_list_node link; /* in wh_chan.ops */
     struct wh_op *next_ready;
     struct wh_chan *wc;    /* NULL once completed or detached */
     struct sb_outmsg *msg; /* borrowed until the completion */
@@ -385,25 +386,13 @@ static int wh_reload(struct sb_channel *ch, const void *conf)
 
 static void wh_op_link(struct wh_chan *wc, struct wh_op *op)
 {
-    op->prev = NULL;
-    op->next = wc->ops;
-    if (wc->ops)
-        wc->ops->prev = op;
-    wc->ops = op;
-    wc->inflight++;
+    sb_list_push_front(&wc->ops, &op->link);
 }
 
 static void wh_op_unlink(struct wh_chan *wc, struct wh_op *op)
 {
-    if (op->prev)
-        op->prev->next = op->next;
-    else
-        wc->ops = op->next;
-    if (op->next)
-        op->next->prev = op->prev;
-    op->prev = op->next = NULL;
+    sb_list_remove(&wc->ops, &op->link);
     op->wc = NULL;
-    wc->inflight--;
 }
 
 /* Complete the queued sends of this turn (those queued from a completion
@@ -701,7 +690,7 @@ static int wh_send(struct sb_channel *ch, struct sb_outmsg *msg,
     crypto_auth_hmacsha256_state st;
     int rc;
 
-    if (!wc || !msg || !done || wc->inflight >= wc->max_inflight)
+    if (!wc || !msg || !done || wc->ops.count >= wc->max_inflight)
         return -1;
 
     now = sb_now_ms();
@@ -812,7 +801,6 @@ static void wh_stop(struct sb_channel *ch)
                                      -1, 0};
     struct wh_retired *ret;
     struct sb_hconn_pool *pool;
-    struct wh_op *op;
     size_t n = 0;
 
     if (!wc)
@@ -821,7 +809,8 @@ static void wh_stop(struct sb_channel *ch)
     uv_timer_stop(&wc->kick);
     wc->ready_head = wc->ready_tail = NULL;
     wc->nready = 0;
-    while ((op = wc->ops) != NULL) {
+    while (wc->ops.head) {
+        struct wh_op *op = sb_container_of(wc->ops.head, struct wh_op, link);
         struct sb_outmsg *msg = op->msg;
         sb_send_done *done = op->done;
 
