@@ -1341,7 +1341,7 @@ int sb_notify_stats(sb_store_json_cb *cb, void *arg)
     struct stats_call *sc;
     const char *argv[3];
 
-    if (!sb_ntf.cmd || !sb_ntf.c)
+    if (!sb_ntf.api || !sb_ntf.c)
         return -1;
     argv[0] = sb_ntf.prefix;
     argv[1] = sb_ntf.c->group;
@@ -1349,7 +1349,7 @@ int sb_notify_stats(sb_store_json_cb *cb, void *arg)
     sc = sb_calloc(1, sizeof(*sc));
     sc->cb = cb;
     sc->arg = arg;
-    if (sb_redis_script(sb_ntf.cmd, "notify_stats", nt_stats_reply, sc, 0, 3,
+    if (sb_redis_script(sb_ntf.api, "notify_stats", nt_stats_reply, sc, 0, 3,
                         argv, NULL) < 0) {
         free(sc);
         return -1;
@@ -1508,7 +1508,7 @@ int sb_notify_init(uv_loop_t *loop, struct sb_redis *main_conn,
     struct sb_redis_conf rconf;
     char err[512];
 
-    (void)main_conn;
+    sb_ntf.api = main_conn;
     sb_ntf.prefix = sb_strdup(rc->prefix && *rc->prefix ? rc->prefix : "sb:");
     snprintf(D.stream, sizeof(D.stream), "%snotify", sb_ntf.prefix);
     if (sb_notify_config(conf, err, sizeof(err)) < 0) {
@@ -1616,6 +1616,7 @@ void sb_notify_stop(void)
         sb_redis_close(sb_ntf.cmd);
     D.rd = NULL;
     sb_ntf.cmd = NULL;
+    sb_ntf.api = NULL;
     sb_tpl_free(sb_ntf.tpl);
     sb_ntf.tpl = NULL;
     free(D.consumer);

@@ -35,7 +35,10 @@ struct sb_notify_conf {
 
 /* Shared state (one dispatcher per process). */
 struct sb_notify_shared {
-    struct sb_redis *cmd;          /* commands: the "notify" connection */
+    struct sb_redis *cmd;          /* the dispatcher's: "notify" */
+    struct sb_redis *api;          /* requests (submit, status, DLQ):
+                                      the main connection, the one
+                                      /readyz vouches for */
     char *prefix;
     char *default_country;
     struct sb_tpl_set *tpl;        /* current templates */

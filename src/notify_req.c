@@ -347,7 +347,7 @@ static int nr_script(const char *script, json_t *(*build)(const redisReply *),
 {
     struct nr_call *c = sb_calloc(1, sizeof(*c));
 
-    if (!sb_ntf.cmd) {
+    if (!sb_ntf.api) {
         free(c);
         return -1;
     }
@@ -355,7 +355,7 @@ static int nr_script(const char *script, json_t *(*build)(const redisReply *),
     c->arg = arg;
     c->script = script;
     c->build = build;
-    if (sb_redis_script(sb_ntf.cmd, script, nr_done, c, 0, argc, argv,
+    if (sb_redis_script(sb_ntf.api, script, nr_done, c, 0, argc, argv,
                         lens) < 0) {
         free(c);
         return -1;
