@@ -57,7 +57,7 @@ redis_pid=""
 sb_pid=""
 nginx_pid=""
 
-. tests/bench/lib.sh # stop_pid, free_port, wait_http
+. tests/bench/lib.sh # stop_pid, free_port, wait_http, start_redis, start_nginx
 cleanup() {
     stop_pid "$sb_pid" 150
     stop_pid "$nginx_pid" 50
@@ -76,19 +76,10 @@ trap 'exit 1' INT TERM HUP
 
 # --- Redis
 sock="$tmp/redis.sock"
-redis-server --port 0 --unixsocket "$sock" --unixsocketperm 700 \
-    --appendonly yes --appendfsync everysec --save "" --dir "$tmp" \
-    --daemonize no --logfile "$tmp/redis.log" >/dev/null 2>&1 &
-redis_pid=$!
-i=0
-until [ "$(redis-cli -s "$sock" ping 2>/dev/null)" = PONG ]; do
-    i=$((i + 1))
-    if [ "$i" -gt 100 ]; then
-        echo "bench: redis-server did not start" >&2
-        exit 1
-    fi
-    sleep 0.1
-done
+if ! start_redis "$tmp"; then
+    echo "bench: redis-server did not start" >&2
+    exit 1
+fi
 
 # --- the daemon
 port=$(free_port)
@@ -130,37 +121,8 @@ if ! wait_http "http://127.0.0.1:$port/readyz" 30; then
 fi
 
 # --- nginx
-nport=$(free_port)
-mkdir -p "$tmp/nginx"
-cat > "$tmp/nginx/nginx.conf" <<CONF
-daemon off;
-worker_processes 1;
-pid $tmp/nginx/nginx.pid;
-error_log $tmp/nginx/error.log;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    client_body_temp_path $tmp/nginx/body;
-    proxy_temp_path $tmp/nginx/proxy;
-    fastcgi_temp_path $tmp/nginx/fastcgi;
-    uwsgi_temp_path $tmp/nginx/uwsgi;
-    scgi_temp_path $tmp/nginx/scgi;
-    keepalive_requests 1000000;
-    server {
-        listen 127.0.0.1:$nport;
-        location / {
-            default_type application/json;
-            return 200 '{"status":"ok"}';
-        }
-    }
-}
-CONF
-/usr/sbin/nginx -p "$tmp/nginx" -e "$tmp/nginx/error.log" \
-    -c "$tmp/nginx/nginx.conf" >/dev/null 2>&1 &
-nginx_pid=$!
-if ! wait_http "http://127.0.0.1:$nport/" 10; then
-    echo "bench: nginx did not start:" >&2
-    cat "$tmp/nginx/error.log" >&2
+if ! start_nginx "$tmp/nginx" '{"status":"ok"}'; then
+    echo "bench: nginx did not start" >&2
     exit 1
 fi
 

@@ -83,7 +83,7 @@ sb_pid=""
 base_pid=""
 load_pid=""
 
-. tests/bench/lib.sh # stop_pid, free_port, wait_http
+. tests/bench/lib.sh # stop_pid, free_port, wait_http, start_redis, start_nginx
 cleanup() {
     stop_pid "$load_pid" 20
     stop_pid "$sb_pid" 150
@@ -124,19 +124,10 @@ load1=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- Redis
 sock="$tmp/redis.sock"
-redis-server --port 0 --unixsocket "$sock" --unixsocketperm 700 \
-    --appendonly yes --appendfsync everysec --save "" --dir "$tmp" \
-    --daemonize no --logfile "$tmp/redis.log" >/dev/null 2>&1 &
-redis_pid=$!
-i=0
-until [ "$(redis-cli -s "$sock" ping 2>/dev/null)" = PONG ]; do
-    i=$((i + 1))
-    if [ "$i" -gt 100 ]; then
-        echo "chat bench: redis-server did not start" >&2
-        exit 1
-    fi
-    sleep 0.1
-done
+if ! start_redis "$tmp"; then
+    echo "chat bench: redis-server did not start" >&2
+    exit 1
+fi
 
 # --- the daemon: N agents in one auto-assign queue, one operator
 port=$(free_port)

@@ -93,7 +93,7 @@ worker_pid=""
 nginx_pid=""
 load_pid=""
 
-. tests/bench/lib.sh # stop_pid, free_port, wait_http
+. tests/bench/lib.sh # stop_pid, free_port, wait_http, start_redis, start_nginx
 stop_run() {
     stop_pid "$load_pid" 20
     stop_pid "$sb_pid" 150
@@ -120,67 +120,10 @@ trap 'exit 1' INT TERM HUP
 load1=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- the sink
-nport=$(free_port)
-mkdir -p "$tmp/nginx"
-cat > "$tmp/nginx/nginx.conf" <<CONF
-daemon off;
-worker_processes 1;
-pid $tmp/nginx/nginx.pid;
-error_log $tmp/nginx/error.log;
-events { worker_connections 1024; }
-http {
-    access_log off;
-    client_body_temp_path $tmp/nginx/body;
-    proxy_temp_path $tmp/nginx/proxy;
-    fastcgi_temp_path $tmp/nginx/fastcgi;
-    uwsgi_temp_path $tmp/nginx/uwsgi;
-    scgi_temp_path $tmp/nginx/scgi;
-    keepalive_requests 1000000;
-    keepalive_timeout 300s;
-    server {
-        listen 127.0.0.1:$nport;
-        location = /hook {
-            default_type application/json;
-            return 200 '{"id":"x"}';
-        }
-        location / {
-            return 404;
-        }
-    }
-}
-CONF
-/usr/sbin/nginx -p "$tmp/nginx" -e "$tmp/nginx/error.log" \
-    -c "$tmp/nginx/nginx.conf" >/dev/null 2>&1 &
-nginx_pid=$!
-i=0
-until [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 -X POST \
-    -d '{}' "http://127.0.0.1:$nport/hook")" = 200 ]; do
-    i=$((i + 1))
-    if [ "$i" -gt 100 ]; then
-        echo "notify bench: nginx did not start:" >&2
-        cat "$tmp/nginx/error.log" >&2
-        exit 1
-    fi
-    sleep 0.1
-done
-
-# start_redis DIR: a fresh private redis-server in DIR; sets redis_pid.
-start_redis() {
-    mkdir -p "$1"
-    redis-server --port 0 --unixsocket "$1/redis.sock" --unixsocketperm 700 \
-        --appendonly yes --appendfsync everysec --save "" --dir "$1" \
-        --daemonize no --logfile "$1/redis.log" >/dev/null 2>&1 &
-    redis_pid=$!
-    i=0
-    until [ "$(redis-cli -s "$1/redis.sock" ping 2>/dev/null)" = PONG ]; do
-        i=$((i + 1))
-        if [ "$i" -gt 100 ]; then
-            echo "notify bench: redis-server did not start" >&2
-            return 1
-        fi
-        sleep 0.1
-    done
-}
+if ! start_nginx "$tmp/nginx" '{"id":"x"}'; then
+    echo "notify bench: nginx did not start" >&2
+    exit 1
+fi
 
 # run_load RUN TARGET DIR ARGS...: load.js in the background (stopped by
 # PID on exit), bounded by timeout; its lines go to $tmp/results tagged
@@ -209,7 +152,7 @@ run_load() {
 # run_switchboard RUN
 run_switchboard() {
     d="$tmp/sb-$1"
-    start_redis "$d" || return 1
+    start_redis "$d" || { echo "notify bench: redis-server did not start" >&2; return 1; }
     port=$(free_port)
     cat > "$d/switchboard.conf" <<CONF
 [core]
@@ -283,7 +226,7 @@ CONF
 # run_bullmq RUN
 run_bullmq() {
     d="$tmp/bq-$1"
-    start_redis "$d" || return 1
+    start_redis "$d" || { echo "notify bench: redis-server did not start" >&2; return 1; }
     node "$HERE/baseline/worker.js" --redis "$d/redis.sock" \
         --url "http://127.0.0.1:$nport/hook" --secret "$SECRET" \
         --concurrency "$BQCONC" --templates "$ROOT/config/templates" \
