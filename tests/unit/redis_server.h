@@ -18,6 +18,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "testutil.h"
+
 struct t_server {
     pid_t pid;
     char dir[64];
@@ -88,22 +90,8 @@ static int t_server_start_named(struct t_server *s, const char *name)
 
 static void t_server_stop(struct t_server *s)
 {
-    int i, status;
-
-    if (s->pid > 0) {
-        kill(s->pid, SIGCONT);
-        kill(s->pid, SIGTERM);
-        for (i = 0; i < 100; i++) {
-            if (waitpid(s->pid, &status, WNOHANG) == s->pid)
-                break;
-            t_sleep_ms(50);
-        }
-        if (i == 100) {
-            kill(s->pid, SIGKILL);
-            waitpid(s->pid, &status, 0);
-        }
-        s->pid = 0;
-    }
+    t_stop_child(s->pid);
+    s->pid = 0;
     if (s->dir[0]) {
         char path[192];
 

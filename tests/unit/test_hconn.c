@@ -58,6 +58,7 @@
 #include "httpc.h"
 #include "log.h"
 #include "util.h"
+#include "testutil.h"
 
 #define NREC 512
 
@@ -335,26 +336,6 @@ static void s_stop(void)
         uv_close((uv_handle_t *)&S.lst, NULL);
         S.listening = 0;
     }
-}
-
-/* A port nothing listens on (bound, then released). */
-static int free_port(void)
-{
-    struct sockaddr_in a;
-    socklen_t len = sizeof(a);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    int port = -1;
-
-    if (fd < 0)
-        return -1;
-    memset(&a, 0, sizeof(a));
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    close(fd);
-    return port;
 }
 
 /* ---- handlers ----------------------------------------------------------- */
@@ -1166,7 +1147,7 @@ static void test_timeout(void **state)
 
 static void test_connect_refused(void **state)
 {
-    int port = free_port();
+    int port = t_free_port();
     uint64_t t0 = sb_mono_ms();
 
     assert_true(port > 0);
@@ -1485,7 +1466,7 @@ static int nginx_start(void)
         N.dir[0] = '\0';
         return -1;
     }
-    N.port = free_port();
+    N.port = t_free_port();
     conf = sb_asprintf(
         "daemon off;\nmaster_process off;\nworker_processes 1;\n"
         "pid %s/nginx.pid;\nerror_log %s/error.log;\n"

@@ -34,6 +34,7 @@
 
 #include "httpc.h"
 #include "util.h"
+#include "testutil.h"
 
 #define NGINX "/usr/sbin/nginx"
 #define BIG_LEN 200000
@@ -46,25 +47,6 @@ static struct {
 } ngx;
 
 /* ---- nginx ------------------------------------------------------------ */
-
-static int free_port(void)
-{
-    struct sockaddr_in a;
-    socklen_t len = sizeof(a);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    int port = -1;
-
-    if (fd < 0)
-        return -1;
-    memset(&a, 0, sizeof(a));
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    close(fd);
-    return port;
-}
 
 static int port_open(int port)
 {
@@ -179,20 +161,7 @@ static int write_conf(void)
 
 static void nginx_kill(void)
 {
-    int st;
-
-    if (ngx.pid <= 0)
-        return;
-    kill(ngx.pid, SIGTERM);
-    for (int i = 0; i < 250; i++) {
-        if (waitpid(ngx.pid, &st, WNOHANG) == ngx.pid) {
-            ngx.pid = 0;
-            return;
-        }
-        usleep(20000);
-    }
-    kill(ngx.pid, SIGKILL);
-    waitpid(ngx.pid, &st, 0);
+    t_stop_child(ngx.pid);
     ngx.pid = 0;
 }
 
@@ -255,7 +224,7 @@ static int group_setup(void **state)
         return -1;
     /* the port may be taken between our probe and nginx's bind: retry */
     for (int attempt = 0; attempt < 5; attempt++) {
-        ngx.port = free_port();
+        ngx.port = t_free_port();
         if (ngx.port <= 0 || write_conf() < 0)
             return -1;
         ngx.pid = nginx_spawn();
@@ -500,7 +469,7 @@ static void test_connection_refused(void **state)
 {
     struct result res;
     struct sb_httpc_req req = {0};
-    int port = free_port(); /* bound, then closed: nobody listens */
+    int port = t_free_port(); /* bound, then closed: nobody listens */
     char *u = sb_asprintf("http://127.0.0.1:%d/x", port);
 
     start();

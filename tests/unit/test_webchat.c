@@ -46,6 +46,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "static.h"
+#include "testutil.h"
 #include "util.h"
 #include "ws.h"
 
@@ -331,24 +332,6 @@ static void vid_of(const char *token, char *out)
 
 /* ---- set-up -------------------------------------------------------------- */
 
-static int free_port(void)
-{
-    struct sockaddr_in a;
-    socklen_t al = sizeof(a);
-    int fd = socket(AF_INET, SOCK_STREAM, 0), port;
-
-    memset(&a, 0, sizeof(a));
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &al) < 0)
-        port = -1;
-    else
-        port = ntohs(a.sin_port);
-    close(fd);
-    return port;
-}
-
 static int group_setup(void **state)
 {
     char err[512], *text;
@@ -356,7 +339,7 @@ static int group_setup(void **state)
     sb_log_level = LOG_WARNING;
     if (sb_crypto_init() < 0 || uv_loop_init(&T.loop) != 0)
         return -1;
-    T.port = free_port();
+    T.port = t_free_port();
     text = sb_asprintf("[listener main]\naddress = 127.0.0.1\nport = %d\n"
                        "[chat]\nwww_dir = channels/webchat/www\n"
                        "max_errors = 5\n",

@@ -59,6 +59,7 @@
 #include "httpc.h"
 #include "log.h"
 #include "util.h"
+#include "testutil.h"
 
 extern const struct sb_channel_ops sb_chan_webhook;
 
@@ -74,41 +75,9 @@ static struct {
     int port;
 } sink;
 
-static int free_port(void)
-{
-    struct sockaddr_in a;
-    socklen_t len = sizeof(a);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    int port = -1;
-
-    if (fd < 0)
-        return -1;
-    memset(&a, 0, sizeof(a));
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    close(fd);
-    return port;
-}
-
 static void sink_kill(void)
 {
-    int st;
-
-    if (sink.pid <= 0)
-        return;
-    kill(sink.pid, SIGTERM);
-    for (int i = 0; i < 250; i++) {
-        if (waitpid(sink.pid, &st, WNOHANG) == sink.pid) {
-            sink.pid = 0;
-            return;
-        }
-        usleep(20000);
-    }
-    kill(sink.pid, SIGKILL);
-    waitpid(sink.pid, &st, 0);
+    t_stop_child(sink.pid);
     sink.pid = 0;
 }
 
@@ -832,7 +801,7 @@ static void test_refused(void **state)
     char err[256];
     char *text;
     struct sb_config *c;
-    int port = free_port();
+    int port = t_free_port();
 
     assert_true(port > 0);
     text = sb_asprintf("[webhook]\nurl = http://127.0.0.1:%d/hook\n"
