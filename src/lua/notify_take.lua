@@ -167,7 +167,6 @@ local function take_one(a, b)
         return { eid, 'skip' }
     end
     local deliveries = 0
-    local fresh
     if ARGV[a + 2] == '1' then
         local pe = redis.call('XPENDING', S, G, eid, eid, 1)
         if pe[1] then deliveries = tonumber(pe[1][4]) end
@@ -190,13 +189,16 @@ local function take_one(a, b)
             src = 'stream:' .. eid, enq = enq }
         -- A new one that goes out now is written once, already
         -- "sending" on its channel (decide runs inside ntf_accept).
-        local pre
+        local pre, nochan
         local function decide(cust)
             local hf = { customer = cust, channels = f.channels, tried = '',
                          to_email = f.email, to_phone = f.phone,
                          reason = '' }
             local c, addr, name, loc, tz, quiet = choose(hf, cust)
-            if not c then return nil end
+            if not c then
+                nochan = addr -- why
+                return nil
+            end
             pre = { c, addr, name, loc, tz, quiet }
             return { 'cur', c, 'to', addr, 'ch_tries', 1, 'ch_first', now }
         end
@@ -215,15 +217,11 @@ local function take_one(a, b)
             return { eid, 'error', msg }
         end
         id = r1
-        if dup == 0 and due == 0 then
-            -- Just written: no need to read it back.
-            fresh = { state = 'accepted', customer = r3, event = f.event,
-                ref = f.ref, locale = f.locale, priority = f.priority,
-                data = f.data, channels = f.channels, to_email = f.email,
-                to_phone = f.phone, tried = '[]', cur = '', ch_tries = '0',
-                ch_first = '0', attempts = '0', awaiting = '',
-                not_before = f.not_before, created = tostring(now),
-                reason = '' }
+        if dup == 0 and nochan then
+            -- No channel can take it: a dead letter at once.
+            ntf_dead(P, id, nochan, now, retention)
+            ack(eid)
+            return { eid, 'skip' }
         end
         -- Another entry with the same idempotency key: that one (or the
         -- API call) owns the notification; this one is a duplicate.
@@ -247,7 +245,7 @@ local function take_one(a, b)
             return { eid, 'skip' }
         end
     end
-    local h = fresh or load(id)
+    local h = load(id)
     if not h then
         ack(eid)
         return { eid, 'skip' }

@@ -1015,3 +1015,21 @@ def test_stream_trimmed_only_below_pending():
         assert pend[0] == 1 and pend[1].decode() == held, pend
         # what came after the held entry stays too (MINID keeps >= it)
         assert set(later) <= set(ids), (later, ids)
+
+
+def test_stream_entry_without_channel_is_dead_at_once():
+    """A stream entry whose only channel has no driver is a dead letter at
+    once, with the reason, and never sent."""
+    with ntf_env() as env:
+        c = admin(env)
+        eid = xadd(env, {"event": "order.shipped", "email": "nc@example.com",
+                         "channels": "chat",
+                         "data": json.dumps(SHIPPED, ensure_ascii=False)})
+        wait_until(lambda: env.redis.cmd("XLEN", "sb:notify:dead") == 1, 10,
+                   0.05, "a dead letter")
+        dl = c.get("/api/v1/dlq").json["entries"]
+        assert len(dl) == 1 and "chat: no driver" in dl[0]["reason"], dl
+        n = get_ntf(c, dl[0]["id"])
+        assert n["state"] == "dead" and n["attempts"] == [], n
+        assert n["src"] == "stream:" + eid, n
+        assert outbox(env) == [], outbox(env)
