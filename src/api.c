@@ -14,6 +14,7 @@
 #include <sys/stat.h>
 
 #include "auth.h"
+#include "channel.h"
 #include "json.h"
 #include "log.h"
 #include "metrics.h"
@@ -639,6 +640,19 @@ static void h_conversation_get(struct sb_http_req *req)
         unavailable(req);
 }
 
+/* A provider's callback: /webhooks/<driver>/<a>[/<b>] goes to the running
+ * driver's webhook op (channel.h), which authenticates and answers. */
+static void h_webhook(struct sb_http_req *req)
+{
+    struct sb_channel *ch = sb_channel_get(req->params[0]);
+
+    if (!ch || !ch->ops->webhook) {
+        sb_http_respond_error(req, 404, "no such webhook", NULL);
+        return;
+    }
+    ch->ops->webhook(ch, req);
+}
+
 /* ---- the route table ------------------------------------------------------- */
 
 #define READ_CUSTOMERS (SB_SCOPE_CUSTOMERS | SB_ACCESS_AGENT)
@@ -711,6 +725,10 @@ static const struct sb_route routes[] = {
      SB_SCOPE_NOTIFY | SB_ACCESS_OPERATOR, NULL},
     {SB_DELETE, "/api/v1/dlq/{}", sb_api_dlq_drop,
      SB_SCOPE_NOTIFY | SB_ACCESS_OPERATOR, NULL},
+    {SB_GET | SB_POST, "/webhooks/{}/{}", h_webhook, SB_ACCESS_PUBLIC,
+     "webhook"},
+    {SB_GET | SB_POST, "/webhooks/{}/{}/{}", h_webhook, SB_ACCESS_PUBLIC,
+     "webhook"},
     {0, NULL, NULL, 0, NULL},
 };
 

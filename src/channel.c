@@ -15,11 +15,13 @@
 #include "util.h"
 
 extern const struct sb_channel_ops sb_chan_file;
+extern const struct sb_channel_ops sb_chan_sms;
 extern const struct sb_channel_ops sb_chan_webchat;
 extern const struct sb_channel_ops sb_chan_webhook;
 
 const struct sb_channel_ops *const sb_channel_drivers[] = {
     &sb_chan_file,
+    &sb_chan_sms,
     &sb_chan_webchat,
     &sb_chan_webhook,
     NULL,
@@ -55,14 +57,17 @@ int sb_channels_start(uv_loop_t *loop, const struct sb_config *conf)
         ch = sb_calloc(1, sizeof(*ch));
         ch->ops = ops;
         ch->name = sb_strdup(ops->name);
+        ch->config = conf;
         if (ops->start(ch, loop, sb_config_get(conf, ops->conf->name)) < 0) {
             SB_ERR("core.channel", "driver failed to start driver=%s",
                    ops->name);
+            ch->config = NULL;
             free(ch->name);
             free(ch);
             return -1;
         }
         SB_NOTICE("core.channel", "started driver=%s", ops->name);
+        ch->config = NULL;
         running[nrunning++] = ch;
     }
     return 0;
@@ -72,8 +77,13 @@ void sb_channels_reload(const struct sb_config *conf)
 {
     for (size_t i = 0; i < nrunning; i++) {
         const struct sb_channel_ops *ops = running[i]->ops;
-        if (ops->reload && ops->conf &&
-            ops->reload(running[i], sb_config_get(conf, ops->conf->name)) < 0)
+        int rc;
+        if (!ops->reload || !ops->conf)
+            continue;
+        running[i]->config = conf;
+        rc = ops->reload(running[i], sb_config_get(conf, ops->conf->name));
+        running[i]->config = NULL;
+        if (rc < 0)
             SB_WARN("core.channel", "driver kept its old settings driver=%s",
                     ops->name);
     }

@@ -32,6 +32,8 @@
 
 #include "config.h"
 
+struct sb_http_req;
+
 enum sb_send_status {
     SB_SEND_OK = 0,   /* accepted by the next hop (provider, relay, file) */
     SB_SEND_TEMPFAIL, /* try again later (timeout, 5xx, 4xx SMTP, 429) */
@@ -62,6 +64,9 @@ struct sb_outmsg {
                                  that carry structure (webhook): for a
                                  notification {"notification","event",
                                  "ref","locale","data"}; may be NULL */
+    const char *via;          /* a reply: the conversation's "via", what the
+                                 driver recorded about how the customer
+                                 reached us (store.h); may be NULL */
     void *user;               /* the caller's */
 };
 
@@ -73,6 +78,9 @@ typedef void sb_send_done(struct sb_outmsg *msg,
 struct sb_channel_ops {
     const char *name;                       /* "email", "sms", "file" */
     const struct sb_conf_section *conf;     /* its section, e.g. [file] */
+    /* More sections of its own (NULL-terminated, or NULL), e.g. [sms]'s
+     * [sms-provider NAME]: start() reads them through ch->config. */
+    const struct sb_conf_section *const *more_conf;
     /* Create the driver's state from its config (borrowed for the call;
      * copy what is kept). 0 or -1. */
     int (*start)(struct sb_channel *ch, uv_loop_t *loop, const void *conf);
@@ -85,6 +93,12 @@ struct sb_channel_ops {
     int (*reload)(struct sb_channel *ch, const void *conf);
     /* SB_CHAN_* */
     unsigned flags;
+    /* Optional: requests to /webhooks/<driver>/<a>[/<b>] (a provider's
+     * callbacks: inbound messages, delivery reports). The route is public:
+     * the driver authenticates the caller itself and answers the request
+     * exactly once (http.h), 404 for a path it does not know. Request
+     * headers (sb_http_header) can be read only before it returns. */
+    void (*webhook)(struct sb_channel *ch, struct sb_http_req *req);
 };
 
 /* The driver reports delivery later (SMS DLRs, bounces) through
@@ -97,6 +111,9 @@ struct sb_channel {
     const struct sb_channel_ops *ops;
     char *name;     /* instance name from config ("[channel file]") */
     void *priv;     /* the driver's state */
+    /* The whole configuration, borrowed during start() and reload() only:
+     * for drivers with named sections of their own ([sms-provider X]). */
+    const struct sb_config *config;
 };
 
 /* NULL-terminated table of compiled-in drivers. */

@@ -102,9 +102,15 @@ const struct sb_conf_section *const *sb_core_sections(void)
         for (size_t i = 0; i < sizeof(core_sections) / sizeof(*core_sections);
              i++)
             all[n++] = core_sections[i];
-        for (size_t i = 0; sb_channel_drivers[i] && n + 1 < 32; i++)
-            if (sb_channel_drivers[i]->conf)
-                all[n++] = sb_channel_drivers[i]->conf;
+        for (size_t i = 0; sb_channel_drivers[i] && n + 1 < 32; i++) {
+            const struct sb_channel_ops *ops = sb_channel_drivers[i];
+            if (ops->conf)
+                all[n++] = ops->conf;
+            for (size_t k = 0; ops->more_conf && ops->more_conf[k] &&
+                               n + 1 < 32;
+                 k++)
+                all[n++] = ops->more_conf[k];
+        }
         all[n] = NULL;
     }
     return all;

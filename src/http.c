@@ -13,6 +13,7 @@
 #include "http.h"
 
 #include <libwebsockets.h>
+#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -183,6 +184,31 @@ static void read_query(struct sb_http_req *req, struct lws *wsi)
                                 sizeof(char *) * (size_t)(req->nqargs + 1));
         req->qargs[req->nqargs++] = sb_strndup(frag, (size_t)n);
     }
+}
+
+char *sb_http_header(const struct sb_http_req *req, const char *name)
+{
+    char key[128];
+    size_t nl = strlen(name);
+    int n;
+    char *v;
+
+    if (!req->wsi || nl == 0 || nl + 2 > sizeof(key))
+        return NULL;
+    /* lws keeps unknown header names as lower case, with their colon */
+    for (size_t i = 0; i < nl; i++)
+        key[i] = (char)tolower((unsigned char)name[i]);
+    key[nl] = ':';
+    key[nl + 1] = '\0';
+    n = lws_hdr_custom_length(req->wsi, key, (int)nl + 1);
+    if (n < 0)
+        return NULL;
+    v = sb_malloc((size_t)n + 1);
+    if (lws_hdr_custom_copy(req->wsi, v, n + 1, key, (int)nl + 1) < 0) {
+        free(v);
+        return NULL;
+    }
+    return v;
 }
 
 char *sb_http_query(const struct sb_http_req *req, const char *name)

@@ -133,6 +133,12 @@ void sb_http_respond_error(struct sb_http_req *req, int status,
 void sb_http_add_header(struct sb_http_req *req, const char *name,
                         const char *value);
 
+/* A request header lws does not parse itself ("X-Twilio-Signature"), as a
+ * new string the caller frees, or NULL when absent. Only while the
+ * connection is there: call it from the handler before it returns (public
+ * routes are dispatched on the connection's own callback). */
+char *sb_http_header(const struct sb_http_req *req, const char *name);
+
 /* Query parameter value (URL-decoded, new string the caller frees) or NULL. */
 char *sb_http_query(const struct sb_http_req *req, const char *name);
 

@@ -647,11 +647,11 @@ static void file_stop(struct sb_channel *ch)
 }
 
 const struct sb_channel_ops sb_chan_file = {
-    "file",
-    &file_section,
-    file_start,
-    file_send,
-    file_stop,
-    NULL, /* no reload: [file] changes need a restart */
-    0,    /* no delivery reports */
+    .name = "file",
+    .conf = &file_section,
+    .start = file_start,
+    .send = file_send,
+    .stop = file_stop,
+    .reload = NULL, /* [file] changes need a restart */
+    .flags = 0,     /* no delivery reports */
 };

@@ -1972,11 +1972,11 @@ static void chat_stop(struct sb_channel *ch)
 }
 
 const struct sb_channel_ops sb_chan_webchat = {
-    "chat",
-    &chat_section,
-    chat_start,
-    chat_send,
-    chat_stop,
-    chat_reload,
-    0, /* no delivery reports */
+    .name = "chat",
+    .conf = &chat_section,
+    .start = chat_start,
+    .send = chat_send,
+    .stop = chat_stop,
+    .reload = chat_reload,
+    .flags = 0, /* no delivery reports */
 };

@@ -837,6 +837,11 @@ static void wh_stop(struct sb_channel *ch)
 }
 
 const struct sb_channel_ops sb_chan_webhook = {
-    "webhook", &wh_section, wh_start, wh_send,
-    wh_stop,   wh_reload,   0, /* a 2xx is final: no delivery reports */
+    .name = "webhook",
+    .conf = &wh_section,
+    .start = wh_start,
+    .send = wh_send,
+    .stop = wh_stop,
+    .reload = wh_reload,
+    .flags = 0, /* a 2xx is final: no delivery reports */
 };

@@ -176,7 +176,11 @@ static void fake_stop(struct sb_channel *ch)
 }
 
 static const struct sb_channel_ops fake_ops = {
-    "fake", &fake_section, fake_start, fake_send, fake_stop, NULL, 0,
+    .name = "fake",
+    .conf = &fake_section,
+    .start = fake_start,
+    .send = fake_send,
+    .stop = fake_stop,
 };
 
 /* ---- the driver table ---------------------------------------------------- */
