@@ -84,6 +84,7 @@ struct reply {
     void *arg;
     char *conv, *agent, *agent_name, *text, *client_id, *customer;
     char *conv_channel;
+    char *via; /* the conversation's via, for its own channel */
     /* candidates: channel index and address, in order */
     int cand[3];
     char *addr[3];
@@ -93,6 +94,7 @@ struct reply {
     char msg_id[64];
     int used; /* channel index of the accepted send */
     char *provider_id;
+    int parts; /* what the driver billed (SMS parts), 0 when n/a */
 };
 
 static void reply_free(struct reply *r)
@@ -104,6 +106,7 @@ static void reply_free(struct reply *r)
     free(r->client_id);
     free(r->customer);
     free(r->conv_channel);
+    free(r->via);
     for (int i = 0; i < 3; i++)
         free(r->addr[i]);
     free(r->provider_id);
@@ -146,8 +149,12 @@ static void log_reply(struct reply *r)
     struct sb_contact_in in;
     json_t *f = json_pack("{s:s, s:O}", "via", chan_names[r->used], "tried",
                           r->tried);
-    char *fields = json_dumps(f, JSON_COMPACT);
+    char *fields;
     char src[256];
+
+    if (r->parts > 0)
+        json_object_set_new(f, "parts", json_integer(r->parts));
+    fields = json_dumps(f, JSON_COMPACT);
 
     memset(&in, 0, sizeof(in));
     in.channel = chan_names[r->used];
@@ -191,6 +198,7 @@ static void on_sent(struct sb_outmsg *msg, const struct sb_send_result *res)
         r->used = ch;
         if (res->provider_id)
             r->provider_id = sb_strdup(res->provider_id);
+        r->parts = res->parts;
         log_reply(r);
         return;
     }
@@ -223,6 +231,8 @@ static void try_next(struct reply *r)
         r->msg.from = r->agent_name;
         r->msg.text = r->text;
         r->msg.conversation = r->conv;
+        if (r->via && strcmp(chan_names[ch], r->conv_channel) == 0)
+            r->msg.via = r->via;
         r->msg.customer = r->customer;
         r->msg.user = r;
         if (drv->ops->send(drv, &r->msg, on_sent) == 0)
@@ -323,6 +333,10 @@ static void on_conv(enum sb_store_status st, json_t *conv, const char *err,
     }
     r->customer = sb_strdup(cust ? cust : "");
     r->conv_channel = sb_strdup(ch ? ch : "");
+    {
+        const char *via = json_string_value(json_object_get(conv, "via"));
+        r->via = via && *via ? sb_strdup(via) : NULL;
+    }
     json_decref(conv);
     if (sb_customer_get(r->customer, on_customer, r) < 0)
         finish(r, SB_STORE_UNAVAILABLE, NULL, "redis unavailable");

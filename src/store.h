@@ -62,7 +62,10 @@ struct sb_contact_in {
     const char *source_id;   /* idempotency key within the channel */
     const char *provider_id;
     const char *agent;       /* agent id for outbound/notes */
-    const char *fields_json; /* extra free-form JSON object, or NULL */
+    const char *fields_json; /* extra free-form JSON object, or NULL; its
+                                "via" (inbound, a string) is kept on the
+                                conversation: how replies reach the
+                                customer (a driver's own notation) */
     int64_t ts_ms;           /* when it happened at the source; 0 = now */
 };
 
@@ -142,7 +145,8 @@ int sb_log_read(const char *after, int limit, sb_store_json_cb *cb,
 int sb_contact_get(const char *id, sb_store_json_cb *cb, void *arg);
 
 /* Conversation: {"id","customer","channel","state","queue","agent",
- *  "subject","created","first_response","resolved","updated"}. */
+ *  "subject","created","first_response","resolved","updated"}, and
+ * "via" when an inbound contact gave one. */
 int sb_conversation_get(const char *id, sb_store_json_cb *cb, void *arg);
 
 #endif

@@ -70,6 +70,9 @@ local function main()
     local provider_id = check_str('provider_id', ARGV[13], 1024)
     local agent = check_str('agent', ARGV[14], 128)
     local fields = ARGV[15]
+    -- fields.via (inbound): how to answer in this conversation (a
+    -- driver's "provider|number"), kept on the conversation.
+    local via
     if fields == '' then
         fields = '{}'
     else
@@ -79,6 +82,7 @@ local function main()
             not string.match(fields, '^%s*{') then
             fail('INVALID', 'fields must be a JSON object')
         end
+        if type(f.via) == 'string' and #f.via <= 256 then via = f.via end
     end
     if not string.match(ARGV[16], '^%d+$') or #ARGV[16] > 15 then
         fail('INVALID', 'ts must be milliseconds')
@@ -207,6 +211,9 @@ local function main()
     if conv then
         redis.call('ZADD', P .. 'conv:' .. conv .. ':tl', score, cid)
         redis.call('HSET', P .. 'conv:' .. conv, 'updated', now)
+        if via and direction == 'in' then
+            redis.call('HSET', P .. 'conv:' .. conv, 'via', via)
+        end
         if direction == 'out' and ctype == 'message' then
             local fr = redis.call('HGET', P .. 'conv:' .. conv,
                 'first_response')
