@@ -68,6 +68,10 @@ static const struct sb_conf_key notify_keys[] = {
     {"channels", SB_CONF_LIST, K(channels), "email, sms, chat", 0, 32, NULL,
      SB_CONF_RELOAD,
      "channel order for customers without a preference of their own"},
+    {"urgent_ignores_opt_out", SB_CONF_LIST, K(urgent_opt_out), "", 0, 32,
+     NULL, SB_CONF_RELOAD,
+     "channels where an urgent notification goes even to a customer who "
+     "opted out of them (e.g. sms for a safety alert; empty: none)"},
     {"default_locale", SB_CONF_STR, K(default_locale), "en", 0, 16, NULL,
      SB_CONF_RELOAD, "template locale when the customer's has none"},
     {"default_timezone", SB_CONF_STR, K(default_timezone), "UTC", 0, 64,
@@ -847,9 +851,16 @@ static void nt_take(const redisReply *entries, int claimed)
         strncat(defs, c->channels[i], sizeof(defs) - strlen(defs) - 2);
         strcat(defs, ",");
     }
+    /* available channels; "!" marks one where urgent ignores opt-out */
     for (int i = 0; i < NT_NCHAN; i++)
         if (sb_outbound_channel(nt_chan_names[i])) {
             strcat(avail, nt_chan_names[i]);
+            for (size_t k = 0; c->urgent_opt_out && c->urgent_opt_out[k];
+                 k++)
+                if (strcmp(c->urgent_opt_out[k], nt_chan_names[i]) == 0) {
+                    strcat(avail, "!");
+                    break;
+                }
             strcat(avail, ",");
         }
     ta_adds(&a, sb_ntf.prefix);

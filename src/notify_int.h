@@ -12,6 +12,7 @@ struct sb_notify_conf {
     char *group;
     char *consumer;
     char **channels;          /* default order */
+    char **urgent_opt_out;    /* channels where urgent ignores an opt-out */
     char *default_locale;
     char *default_timezone;
     char *quiet_hours;        /* "HH:MM-HH:MM" or "" */

@@ -41,8 +41,16 @@ local function list(s)
     return t
 end
 local default_order = list(ARGV[6])
-local available = {}
-for _, c in ipairs(list(ARGV[7])) do available[c] = true end
+-- "sms!": the channel has a driver and urgent notifications ignore an
+-- opt-out of it ([notify] urgent_ignores_opt_out)
+local available, urgent_ok = {}, {}
+for _, c in ipairs(list(ARGV[7])) do
+    local name, bang = string.match(c, '^([^!]+)(!?)$')
+    if name then
+        available[name] = true
+        urgent_ok[name] = bang == '!'
+    end
+end
 
 -- Acknowledged at the end in one XACK (each write a script makes is
 -- copied to the AOF: fewer commands is most of the cost).
@@ -114,7 +122,8 @@ local function choose(h, cust)
             local a
             if not available[c] then
                 skipped[#skipped + 1] = c .. ': no driver'
-            elseif opt_out[c] ~= nil and opt_out[c] ~= cjson.null then
+            elseif opt_out[c] ~= nil and opt_out[c] ~= cjson.null and
+                not (urgent_ok[c] and h.priority == 'urgent') then
                 skipped[#skipped + 1] = c .. ': opted out'
             else
                 a = address(c, h, ids)
@@ -193,7 +202,7 @@ local function take_one(a, b)
         local function decide(cust)
             local hf = { customer = cust, channels = f.channels, tried = '',
                          to_email = f.email, to_phone = f.phone,
-                         reason = '' }
+                         priority = f.priority, reason = '' }
             local c, addr, name, loc, tz, quiet = choose(hf, cust)
             if not c then
                 nochan = addr -- why
