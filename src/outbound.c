@@ -282,7 +282,8 @@ static void plan(struct reply *r, json_t *cust)
             dup |= r->cand[k] == ch;
         if (dup || json_object_get(optout, chan_names[ch]))
             continue;
-        list = json_object_get(ids, chan_names[ch]);
+        /* a customer's numbers are "phone" identities, reached by SMS */
+        list = json_object_get(ids, ch == 2 ? "phone" : chan_names[ch]);
         if (ch == 0) {
             /* chat: only the conversation's own visitor can be reached */
             if (strcmp(r->conv_channel, "chat") != 0)

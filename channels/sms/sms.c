@@ -915,8 +915,10 @@ static int sms_start(struct sb_channel *ch, uv_loop_t *loop, const void *conf)
     ch->priv = d;
 
     /* providers in the order [sms] providers names them */
-    for (size_t k = 0; c->providers ? c->providers[k] != NULL : k < n; k++) {
-        const char *want = c->providers ? c->providers[k] : NULL;
+    int listed = c->providers && c->providers[0];
+
+    for (size_t k = 0; listed ? c->providers[k] != NULL : k < n; k++) {
+        const char *want = listed ? c->providers[k] : NULL;
         const struct sms_pconf *pc = NULL;
         const char *name = NULL;
 
