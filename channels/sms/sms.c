@@ -557,14 +557,13 @@ static void on_answer(struct sms_op *op, int status, const char *body,
                          ? json_string_value(json_object_get(j, "status"))
                          : "accepted");
             op->st = SB_SEND_OK;
-            json_decref(j);
             op_complete(op);
-            return;
+        } else {
+            snprintf(op->reason, sizeof(op->reason),
+                     "%s: %d without a message sid", p->name, status);
+            op_failed(op, SB_SEND_TEMPFAIL);
         }
         json_decref(j);
-        snprintf(op->reason, sizeof(op->reason),
-                 "%s: %d without a message sid", p->name, status);
-        op_failed(op, SB_SEND_TEMPFAIL);
     } else {
         const char *msg = body;
         json_t *j = NULL;
@@ -605,6 +604,10 @@ static void issue(struct sms_op *op)
     struct sb_buf q, cb;
     int rc;
 
+    /* a failover builds the request anew for the next provider */
+    free(op->reqpath);
+    free(op->body);
+    op->reqpath = op->body = NULL;
     sb_buf_init(&q, 0);
     sb_buf_init(&cb, 0);
     if (p->type == SMS_KANNEL) {

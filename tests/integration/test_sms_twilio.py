@@ -706,3 +706,86 @@ def test_agent_reply_goes_from_the_number_written_to():
             ins
         time.sleep(0.3)
         assert len(tw.messages()) == 1, tw.messages()
+
+
+@timeout(90)
+def test_failover_rate_and_inflight():
+    """Two providers in order: a 503 or a silent first one hands the same
+    message to the second at once (one attempt, sent); the first one that
+    did not answer is skipped by the next sends for a while. Then the
+    rate limit (messages/s) and max_inflight hold under a burst."""
+    with TwilioStub(SID, TOKEN) as tw1, TwilioStub(SID, TOKEN) as tw2:
+        second = {"type": "twilio", "url": tw2.url, "username": SID,
+                  "password": TOKEN, "from": OUR2, "public_url": PUBLIC,
+                  "timeout": "2s"}
+        extra = {"sms": {"providers": "twilio, backup"},
+                 "sms-provider backup": second}
+        with tw_env(tw1, extra) as env:
+            c = admin(env)
+            # 503 from the first: the second takes the same attempt.
+            tw1.push(503)
+            a = post_ntf(c, {"event": "order.shipped",
+                             "phone": "+79163330001", "locale": "ru",
+                             "channels": ["sms"], "data": SHIPPED})
+            n = wait_state(c, a["id"], ("sent", "dead"), 10)
+            assert results(n) == ["sent"], n
+            m2 = tw2.wait(1, 5)
+            assert m2[0]["form"]["From"] == OUR2, m2
+            assert m2[0]["form"]["StatusCallback"].startswith(
+                PUBLIC + "/webhooks/sms/backup/status?a="), m2
+            assert [x["status"] for x in tw1.messages()] == [503]
+            assert n["attempts"][0]["provider_id"] == m2[0]["sid"], n
+
+            # A first provider that never answers (connection dropped):
+            # failover, and the following sends skip it while it is down.
+            tw1.clear()
+            tw2.clear()
+            # (twice: a request that met a closed keep-alive connection is
+            # sent once more on a new one before it counts as failed)
+            tw1.push(200, drop=True)
+            tw1.push(200, drop=True)
+            ids = []
+            for i in range(3):
+                # one after the other: sends queued before the failure
+                # was seen still go to the first provider
+                ids.append(post_ntf(c, {
+                    "event": "order.shipped",
+                    "phone": "+7916333001%d" % i, "locale": "ru",
+                    "channels": ["sms"], "data": SHIPPED})["id"])
+                n = wait_state(c, ids[-1], ("sent", "dead"), 10)
+                assert results(n) == ["sent"], n
+            assert tw1.sent() == [], tw1.messages()
+            assert len(tw1.messages()) <= 2, tw1.messages()
+            assert len(tw2.sent()) == 3, tw2.messages()
+            text = env.client.get("/metrics").body.decode()
+            assert 'sb_sms_failover_total{provider="twilio"} 2' in text, \
+                [ln for ln in text.splitlines() if "failover" in ln]
+
+    # rate = 5/s and max_inflight = 2 on one slow provider: 12 messages
+    # take at least (12 - 5 tokens) / 5 = 1.4 s and never more than 2
+    # requests are open at once.
+    with TwilioStub(SID, TOKEN) as tw:
+        for _ in range(12):
+            tw.push(201, delay=0.15)
+        extra = {"sms-provider twilio": {"rate": "5", "max_inflight": "2"}}
+        with tw_env(tw, extra) as env:
+            c = admin(env)
+            t0 = time.monotonic()
+            ids = [post_ntf(c, {"event": "order.shipped",
+                                "phone": "+791644400%02d" % i,
+                                "locale": "ru", "channels": ["sms"],
+                                "data": SHIPPED})["id"] for i in range(12)]
+            ms = tw.wait(12, 20)
+            took = time.monotonic() - t0
+            for nid in ids:
+                wait_state(c, nid, "sent", 5)
+            assert took >= 1.3, "12 messages at 5/s in %.2fs" % took
+            # open requests at any instant, from arrival and answer times
+            ev = sorted([(m["time"], 1) for m in ms] +
+                        [(m["time"] + 0.15, -1) for m in ms])
+            open_, peak = 0, 0
+            for _, d in ev:
+                open_ += d
+                peak = max(peak, open_)
+            assert peak <= 2, "%d requests open at once (max_inflight 2)" % \
+                peak
