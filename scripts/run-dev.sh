@@ -1,7 +1,8 @@
 #!/bin/sh
-# run-dev.sh - `make run`: a private Redis under ./var and the daemon on
-# config/dev.conf, in the foreground. Ctrl-C stops the daemon (it drains and
-# exits), then Redis.
+# run-dev.sh - `make run`: a private Redis under ./var, the private Kannel
+# of scripts/kannel-dev.sh under ./var/kannel (when Kannel is installed) and
+# the daemon on config/dev.conf, in the foreground. Ctrl-C stops the daemon
+# (it drains and exits), then Kannel and Redis.
 set -eu
 cd "$(dirname "$0")/.."
 top=$(pwd)
@@ -16,7 +17,14 @@ redis-server --port 0 --unixsocket "$top/var/redis.sock" --unixsocketperm 700 \
     --appendonly yes --appendfsync always --save "" \
     --dir "$top/var/redis" --logfile "$top/var/redis.log" --daemonize no &
 redis_pid=$!
+kannel=no
+cleaned=no
 cleanup() {
+    [ "$cleaned" = no ] || return 0
+    cleaned=yes
+    if [ "$kannel" = yes ]; then
+        sh scripts/kannel-dev.sh stop || true
+    fi
     kill "$redis_pid" 2>/dev/null || true
     wait "$redis_pid" 2>/dev/null || true
 }
@@ -32,6 +40,23 @@ until redis-cli -s var/redis.sock ping >/dev/null 2>&1; do
     sleep 0.1
 done
 
+# SMS: a private Kannel with a fake SMSC. Without it the daemon runs all
+# the same; SMS sends then fail temporarily and are retried.
+if why=$(sh scripts/kannel-dev.sh installed); then
+    kannel=yes
+    if sh scripts/kannel-dev.sh start; then
+        number=$(sed -n 's/^NUMBER=//p' var/kannel/env)
+        sms_note="Kannel with a fake SMSC on 127.0.0.1, short number $number"
+        sms_note="$sms_note (docs/sms.md)"
+    else
+        sms_note="the dev Kannel did not start (logs in var/kannel/): SMS"
+        sms_note="$sms_note sends fail and are retried"
+    fi
+else
+    sms_note="Kannel is not installed ($why; sh scripts/deps.sh installs"
+    sms_note="$sms_note it): SMS sends fail and are retried"
+fi
+
 cat <<MSG
 
   switchboard is starting on config/dev.conf
@@ -39,7 +64,8 @@ cat <<MSG
   Browser:      http://127.0.0.1:8080/      log in as operator / operator
                                             (or agent / agent)
   Health:       http://127.0.0.1:8080/healthz   /readyz   /metrics
-  Outbox:       $top/var/outbox (e-mail and SMS in development)
+  Outbox:       $top/var/outbox (e-mail in development)
+  SMS:          $sms_note
   Redis:        redis-cli -s $top/var/redis.sock
 
   Log a contact and read it back:
@@ -52,6 +78,18 @@ cat <<MSG
     curl -s -H "Authorization: Bearer \$K" -d '{"event":"order.shipped","email":"ivan@example.com","locale":"ru","data":{"order":"A-42","carrier":"CDEK","tracking_url":"https://track.example/A-42"}}' http://127.0.0.1:8080/api/v1/notifications
     build/sbctl --token \$K notify nt_1
     redis-cli -s $top/var/redis.sock XADD sb:notify '*' event order.paid email ivan@example.com data '{"order":"A-42","amount":"1500.50","currency":"RUB"}'
+
+  Text the gateway as a customer, answer in the agent console
+  (http://127.0.0.1:8080/console/ as operator: presence online, accept the
+  offer, reply) and see the answer arrive:
+    scripts/sms-mo +79161234567 'Привет, где заказ?'
+    scripts/sms-mo --log          (every SMS the gateway sent; -f follows)
+
+  Send an order notification by SMS; its state becomes "delivered" when the
+  fake SMSC's delivery report comes back (the POST answers its id nt_N):
+    curl -s -H "Authorization: Bearer \$K" -d '{"event":"order.shipped","phone":"+79161234567","locale":"ru","channels":["sms"],"data":{"order":"A-42","carrier":"CDEK","tracking_url":"https://track.example/A-42"}}' http://127.0.0.1:8080/api/v1/notifications
+    build/sbctl --token \$K notify nt_N
+    scripts/sms-mo --log
 
   Ctrl-C stops everything.
 
