@@ -75,6 +75,14 @@ local function one(a)
             local rk = P .. 'ntf:ref:' .. redis.sha1hex(h[2] .. '\n' .. h[4])
             if redis.call('GET', rk) == id then redis.call('DEL', rk) end
         end
+        -- the early report gets its timeline entry and count now, as a
+        -- report after the result would (notify_report.lua)
+        if early then
+            ntf_log(P, h[2], now, 'status', 'internal', ch, early,
+                { notification = id, event = h[3], ref = h[4], attempt = n,
+                  report = early })
+            redis.call('INCR', P .. 'stats:ntf:report:' .. early)
+        end
         local deadline = tonumber(ARGV[a + 13]) or 0
         if early == 'delivered' then
             redis.call('HSET', k, 'state', 'delivered', 'sent_at', now,
