@@ -302,6 +302,8 @@ static void apply_config(const struct sb_config *c)
     sb_auth_config(c);
     sb_api_config(c);
     sb_outbound_config(c);
+    if (M.http_up)
+        sb_outbound_check();
 }
 
 static void on_hup(uv_signal_t *s, int signum)
@@ -461,6 +463,7 @@ static int run(void)
         r = 1;
     } else {
         M.http_up = 1;
+        sb_outbound_check();
         notify_ready();
         r = 0;
     }

@@ -63,6 +63,24 @@ void sb_outbound_config(const struct sb_config *conf)
                                         "channel,result");
 }
 
+void sb_outbound_check(void)
+{
+    /* email and sms have no default driver: a name there was written on
+     * purpose; chat and webhook name theirs by default (often unused) */
+    for (int i = 0; i < 4; i++)
+        if (O.drivers[i] && !sb_channel_get(O.drivers[i])) {
+            if (i == 1 || i == 2)
+                SB_WARN(OB_PLACE,
+                        "[channels] %s = %s, but no such driver is running "
+                        "(is its [%s] section written?): %s is unreachable",
+                        chan_names[i], O.drivers[i], O.drivers[i],
+                        chan_names[i]);
+            else
+                SB_INFO(OB_PLACE, "channel %s is off (no [%s] section)",
+                        chan_names[i], O.drivers[i]);
+        }
+}
+
 struct sb_channel *sb_outbound_channel(const char *channel)
 {
     for (int i = 0; i < 4; i++)

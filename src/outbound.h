@@ -32,6 +32,10 @@ extern const struct sb_conf_section sb_channels_conf_section; /* [channels] */
 
 void sb_outbound_config(const struct sb_config *conf);
 
+/* Warn about each channel [channels] maps to a driver that is not
+ * running (after the drivers started, and after a reload). */
+void sb_outbound_check(void);
+
 struct sb_channel;
 /* The running driver that carries a customer channel ("chat", "email",
  * "sms", "webhook"), or NULL when none is configured or started. */
