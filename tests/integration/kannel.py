@@ -565,3 +565,172 @@ class Kannel:
                 p.stdin.flush()
                 nudge = now + 0.3
             time.sleep(0.03)
+
+    # ----------------------------------------------------------------------
+    # Added for the SMS driver tests and benchmark (test_sms_kannel.py,
+    # tests/bench/sms/): concatenated MT reassembled, fast counting, bulk MO.
+
+    def mt_assembled(self):
+        """Every MT the listening fakesmsc received (over restarts), with
+        the parts of a concatenated SMS joined (see assemble_mt), oldest
+        first."""
+        try:
+            with open(self.mt_log, "rb") as f:
+                data = f.read().decode("utf-8", "surrogateescape")
+        except OSError:
+            return []
+        bodies = []
+        for line in data.splitlines():
+            m = _GOT_RE.search(line)
+            if m:
+                bodies.append(m.group(2))
+        return assemble_mt(bodies)
+
+    def mt_count(self):
+        """How many SMS (parts) the listening fakesmsc received so far;
+        cheap enough to poll during a benchmark (counts log lines)."""
+        try:
+            with open(self.mt_log, "rb") as f:
+                return f.read().count(b": Got message ")
+        except OSError:
+            return 0
+
+    def inject_mo_bulk(self, lines):
+        """Send many MO lines (see mo_line) at full speed: the interactive
+        injector handles one line per wake-up of its stdin, so it is
+        stopped and a fakesmsc reading a file (always readable) takes the
+        fakemo link instead; it leaves at the end of the file (aborting,
+        harmlessly, as the interactive one does). Returns its Popen at
+        once; mo_bulk_wait() waits for it, start_injector() brings the
+        interactive injector back for inject_mo()."""
+        if self.procs.get("fakesmsc-mo-bulk") is not None:
+            raise AssertionError("kannel: a bulk MO injection is running")
+        if "fakesmsc-mo" in self.procs:
+            self.stop_part("fakesmsc-mo")
+        self._bulk_n = getattr(self, "_bulk_n", 0) + 1
+        path = os.path.join(self.dir, "mo-bulk-%d.txt" % self._bulk_n)
+        with open(path, "wb") as f:
+            for ln in lines:
+                if "\n" in ln:
+                    raise ValueError("MO line with a newline: %r" % ln)
+                f.write(ln.encode("utf-8") + b"\n")
+        src = open(path, "rb")
+        try:
+            p = self._spawn("fakesmsc-mo-bulk",
+                            [FAKESMSC, "-H", "127.0.0.1", "-r",
+                             str(self.mo_port), "-i", "0", "-v", "1"],
+                            self.mo_log, stdin=src)
+        finally:
+            src.close()
+        return p
+
+    def mo_bulk_wait(self, limit=120.0):
+        """Wait (bounded) for the bulk injector to reach the end of its
+        file; it is then forgotten. Returns its exit code (0, or 134 for
+        fakesmsc's abort at the end of input); SIGKILL after limit."""
+        p = self.procs.get("fakesmsc-mo-bulk")
+        if p is None:
+            return None
+        try:
+            p.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            pass
+        self.procs.pop("fakesmsc-mo-bulk", None)
+        rc, _ = harness.stop_process(p, signal.SIGKILL, 5.0)
+        return rc
+
+    def start_injector(self):
+        """The interactive MO injector again (after inject_mo_bulk)."""
+        self.mo_bulk_wait(10.0)
+        if "fakesmsc-mo" in self.procs:
+            return
+        self._spawn("fakesmsc-mo",
+                    [FAKESMSC, "-H", "127.0.0.1", "-r", str(self.mo_port),
+                     "-i", "0", "-v", "1"], self.mo_log,
+                    stdin=subprocess.PIPE)
+        self._wait(lambda: self._link_online(self.admin_status() or "",
+                                             "fakemo"),
+                   "the fakemo link online again")
+
+
+def split_mt_line(body):
+    """One fakesmsc line "FROM TO TYPE DATA" as a dict like decode_mt_line,
+    except that a concatenated part ("FROM TO udh UDH KIND DATA", KIND
+    being "data" for both 8-bit and UCS-2 parts) has its UDH in "udh" and
+    only its payload in "raw"; "ref", "total", "seq" come from the UDH's
+    concatenation element (8- or 16-bit reference), None without one."""
+    parts = body.split(" ", 3)
+    while len(parts) < 4:
+        parts.append("")
+    if parts[2] != "udh":
+        d = decode_mt_line(body)
+        d.update(ref=None, total=None, seq=None)
+        return d
+    u, _, rest = parts[3].partition(" ")
+    kind, _, data = rest.partition(" ")
+    if not data and kind not in ("data", "text", "ucs-2", "ucs2"):
+        kind, data = "data", rest  # no kind word: payload only
+    udh = _unplus(u)
+    raw = data.encode("utf-8", "surrogateescape") if kind == "text" \
+        else _unplus(data)
+    ref = total = seq = None
+    i = 1  # udh[0] is the header length
+    while i + 1 < len(udh):
+        iei, ln = udh[i], udh[i + 1]
+        val = udh[i + 2:i + 2 + ln]
+        if iei == 0 and ln == 3 and len(val) == 3:
+            ref, total, seq = val[0], val[1], val[2]
+        elif iei == 8 and ln == 4 and len(val) == 4:
+            ref, total, seq = (val[0] << 8) | val[1], val[2], val[3]
+        i += 2 + ln
+    return {"from": parts[0], "to": parts[1], "type": "udh", "kind": kind,
+            "raw": raw, "udh": udh, "ref": ref, "total": total, "seq": seq,
+            "text": raw.decode("latin-1")}
+
+
+def _guess_text(raw):
+    """Text of a reassembled payload: UTF-16BE when it reads as UCS-2 (even
+    length, decodable, most high bytes below 0x20, as for Latin and
+    Cyrillic), else UTF-8/Latin-1. A guess: compare raw when it matters."""
+    if len(raw) % 2 == 0 and raw:
+        high = raw[0::2]
+        if sum(1 for b in high if b < 0x20) * 2 >= len(high):
+            try:
+                return raw.decode("utf-16-be"), "ucs-2"
+            except UnicodeDecodeError:
+                pass
+    try:
+        return raw.decode("utf-8"), "text"
+    except UnicodeDecodeError:
+        return raw.decode("latin-1"), "data"
+
+
+def assemble_mt(bodies):
+    """fakesmsc lines (the part inside "Got message N: <...>") as messages:
+    single SMS as split_mt_line gives them (plus parts=1); the parts of a
+    concatenated SMS (same from, to, reference and total) joined in
+    sequence order once all have arrived, as one dict with from, to, type
+    ("ucs-2" or "text", guessed), text, raw (the joined payload), parts
+    (the total) and udh=None. Incomplete ones are left out. Order: by the
+    arrival of the last part."""
+    out = []
+    pending = {}
+    for body in bodies:
+        m = split_mt_line(body)
+        if m["ref"] is None or not m["total"]:
+            m["parts"] = 1
+            out.append(m)
+            continue
+        key = (m["from"], m["to"], m["ref"], m["total"])
+        got = pending.setdefault(key, {})
+        got[m["seq"]] = m["raw"]
+        if len(got) >= m["total"] and \
+                all(s in got for s in range(1, m["total"] + 1)):
+            del pending[key]
+            raw = b"".join(got[s] for s in range(1, m["total"] + 1))
+            text, typ = _guess_text(raw)
+            out.append({"from": m["from"], "to": m["to"], "type": typ,
+                        "text": text, "raw": raw, "udh": None,
+                        "parts": m["total"], "ref": m["ref"],
+                        "total": m["total"], "seq": None})
+    return out
