@@ -26,9 +26,15 @@
 # last line "notify: switchboard N/s ... | bullmq N/s ... | ratio R" sums
 # it up; several minutes; see tests/bench/notify/README.md).
 #
+# Then SMS: tests/bench/sms/sms.sh (20,000 SMS notifications through
+# switchboard -> Kannel -> fakesmsc, side by side with the same count sent
+# straight to Kannel's sendsms; and fakesmsc MO messages -> contacts/s;
+# about 2 minutes).
+#
 # Environment: SB_BIN (default build/switchboard), BENCH_DURATION (10s),
 # BENCH_CONNS (64), BENCH_RUNS (3), BENCH_CHAT (1; 0 skips the chat part),
-# BENCH_NOTIFY (1; 0 skips the notification part), and the CHAT_* and
+# BENCH_NOTIFY (1; 0 skips the notification part), BENCH_SMS (1; 0 skips
+# the SMS part), and the CHAT_* and
 # NOTIFY_* variables of tests/bench/chat/chat.sh and
 # tests/bench/notify/notify.sh.
 cd "$(dirname "$0")/../.." || exit 1
@@ -226,7 +232,8 @@ END {
 status=$?
 
 # --- the chat and notification benchmarks, each with its own servers
-if [ "${BENCH_CHAT:-1}" != 0 ] || [ "${BENCH_NOTIFY:-1}" != 0 ]; then
+if [ "${BENCH_CHAT:-1}" != 0 ] || [ "${BENCH_NOTIFY:-1}" != 0 ] ||
+    [ "${BENCH_SMS:-1}" != 0 ]; then
     cleanup
     trap - EXIT
 fi
@@ -237,5 +244,9 @@ fi
 if [ "${BENCH_NOTIFY:-1}" != 0 ]; then
     echo
     SB_BIN="$SB_BIN" sh tests/bench/notify/notify.sh || status=1
+fi
+if [ "${BENCH_SMS:-1}" != 0 ]; then
+    echo
+    SB_BIN="$SB_BIN" sh tests/bench/sms/sms.sh || status=1
 fi
 exit $status
