@@ -28,6 +28,7 @@ import threading
 import time
 
 import harness
+from apiutil import admin, get_ntf, post_ntf, results, wait_state
 from harness import Env, free_port, q, wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -113,10 +114,6 @@ def ntf_env(notify=None, sink=None, extra=None, **kw):
     return Env(overrides=ov, **kw)
 
 
-def admin(env):
-    return env.new_client(env.key("boss"))
-
-
 def outbox(env):
     """The messages written so far, oldest first: [{"name", "headers",
     "text", "html"}]."""
@@ -145,40 +142,6 @@ def outbox_for(env, ntf):
     """Outbox messages of one notification (Id header nt_N.k)."""
     return [m for m in outbox(env)
             if m["headers"].get("Id", "").split(".")[0] == ntf]
-
-
-def post_ntf(c, body, want=202):
-    r = c.post("/api/v1/notifications", body)
-    assert r.status == want, "POST %r -> %r (want %d)" % (body, r, want)
-    return r.json
-
-
-def get_ntf(c, nid):
-    r = c.get("/api/v1/notifications/" + q(nid))
-    assert r.status == 200, "GET %s -> %r" % (nid, r)
-    return r.json
-
-
-def wait_state(c, nid, states, limit=10.0):
-    """Poll until the notification is in one of states; returns it."""
-    if isinstance(states, str):
-        states = (states,)
-    last = [None]
-
-    def pred():
-        last[0] = get_ntf(c, nid)
-        return last[0]["state"] in states
-
-    try:
-        wait_until(pred, limit, 0.05, "%s in %s" % (nid, states))
-    except AssertionError as e:
-        raise AssertionError("%s; last: %s" % (e, json.dumps(
-            last[0], ensure_ascii=False)[:1500]))
-    return last[0]
-
-
-def results(n):
-    return [a["result"] for a in n["attempts"]]
 
 
 def new_customer(env, email=None, phone=None, name="Test"):

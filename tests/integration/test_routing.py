@@ -22,6 +22,7 @@ import subprocess
 import threading
 import time
 
+import apiutil
 import harness
 from harness import (Client, Daemon, Env, SAN_ENV, SB_BIN, free_port,
                      render_config, timeout, wait_until)
@@ -210,19 +211,7 @@ def zmembers(env, key):
 
 def timeline(env, cv):
     """The conversation's timeline through the API, oldest first."""
-    out, before = [], None
-    for _ in range(50):
-        path = "/api/v1/conversations/%s/timeline?limit=200" % cv
-        if before:
-            path += "&before=" + before
-        r = env.client.get(path)
-        assert r.status == 200, r
-        out.extend(r.json["entries"])
-        before = r.json["next_before"]
-        if not before:
-            break
-    out.reverse()
-    return out
+    return apiutil.timeline(env, "conversations", cv)
 
 
 def decisions(env, cv):

@@ -32,7 +32,6 @@ happens. Skipped (with the reason) where Kannel is not installed.
 """
 
 import datetime
-import http.client
 import json
 import os
 import re
@@ -41,8 +40,10 @@ import time
 import urllib.parse
 import uuid
 
+import apiutil
 import harness
 import kannel
+from apiutil import admin, get_ntf, post_ntf, wait_state
 from harness import Client, Env, free_port, q, timeout, wait_until
 
 SECRET = "kannel-hook-7f3a9c21"
@@ -174,10 +175,6 @@ class SmsRig:
 # --------------------------------------------------------------------------
 # Helpers.
 
-def admin(env):
-    return env.new_client(env.key("boss"))
-
-
 def agent(env, name):
     c = env.new_client(env.login(name))
     r = c.put("/api/v1/agents/%s/presence" % name, {"state": "online"})
@@ -223,19 +220,7 @@ def wait_customer(env, phone, limit=15.0):
 
 def timeline(env, cu):
     """The customer's timeline through the API, oldest first."""
-    out, before = [], None
-    for _ in range(50):
-        path = "/api/v1/customers/%s/timeline?limit=200" % cu
-        if before:
-            path += "&before=" + before
-        r = env.client.get(path)
-        assert r.status == 200, r
-        out.extend(r.json["entries"])
-        before = r.json["next_before"]
-        if not before:
-            break
-    out.reverse()
-    return out
+    return apiutil.timeline(env, "customers", cu)
 
 
 def fields(e):
@@ -297,34 +282,6 @@ def wait_mt(k, pred, n=1, limit=15.0, what="MT"):
 def rfc3339(ms):
     t = datetime.datetime.fromtimestamp(ms / 1000.0, datetime.timezone.utc)
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (ms % 1000)
-
-
-def post_ntf(c, body, want=202):
-    r = c.post("/api/v1/notifications", body)
-    assert r.status == want, "POST %r -> %r (want %d)" % (body, r, want)
-    return r.json
-
-
-def get_ntf(c, nid):
-    r = c.get("/api/v1/notifications/" + q(nid))
-    assert r.status == 200, "GET %s -> %r" % (nid, r)
-    return r.json
-
-
-def wait_state(c, nid, states, limit=20.0):
-    if isinstance(states, str):
-        states = (states,)
-    last = [None]
-
-    def ok():
-        last[0] = get_ntf(c, nid)
-        return last[0]["state"] in states
-    try:
-        wait_until(ok, limit, 0.1, "%s in %s" % (nid, states))
-    except AssertionError as e:
-        raise AssertionError("%s; last: %s" % (e, json.dumps(
-            last[0], ensure_ascii=False)[:2000]))
-    return last[0]
 
 
 def kannel_mo(env, frm, to, text, when, mid=None, secret=SECRET, coding=0,

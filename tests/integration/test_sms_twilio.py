@@ -27,6 +27,7 @@ import time
 import uuid
 
 import twiliostub
+from apiutil import admin, get_ntf, post_ntf, results, wait_state
 from harness import Env, q, timeout, wait_until
 from twiliostub import TwilioStub, post_incoming, post_status, sign
 
@@ -96,39 +97,6 @@ def status_cb(env, url, sid, status, **kw):
                        AccountSid=SID, **kw)
 
 
-def admin(env):
-    return env.new_client(env.key("boss"))
-
-
-def post_ntf(c, body, want=202):
-    r = c.post("/api/v1/notifications", body)
-    assert r.status == want, "POST %r -> %r (want %d)" % (body, r, want)
-    return r.json
-
-
-def get_ntf(c, nid):
-    r = c.get("/api/v1/notifications/" + q(nid))
-    assert r.status == 200, "GET %s -> %r" % (nid, r)
-    return r.json
-
-
-def wait_state(c, nid, states, limit=10.0):
-    if isinstance(states, str):
-        states = (states,)
-    last = [None]
-
-    def pred():
-        last[0] = get_ntf(c, nid)
-        return last[0]["state"] in states
-
-    try:
-        wait_until(pred, limit, 0.05, "%s in %s" % (nid, states))
-    except AssertionError as e:
-        raise AssertionError("%s; last: %s" % (e, json.dumps(
-            last[0], ensure_ascii=False)[:1500]))
-    return last[0]
-
-
 def wait_report(c, nid, k, report, limit=5.0):
     """Until attempt k (1-based) of nid carries report; returns nid."""
     last = [None]
@@ -160,10 +128,6 @@ def wait_attempts(c, nid, k, limit=10.0):
         raise AssertionError("%s; last: %s" % (e, json.dumps(
             last[0], ensure_ascii=False)[:1500]))
     return last[0]
-
-
-def results(n):
-    return [a["result"] for a in n["attempts"]]
 
 
 def customer_by_phone(env, phone):
