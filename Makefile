@@ -14,7 +14,8 @@ DESTDIR ?=
 CC ?= cc
 SAN ?= 0
 
-PKGS := libuv libwebsockets hiredis libcurl jansson libsodium libsystemd
+PKGS := libuv libwebsockets hiredis libcurl jansson libsodium libsystemd \
+        gmime-3.0 libesmtp-1.0 openssl
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CMOCKA_LIBS := $(shell pkg-config --libs cmocka 2>/dev/null)

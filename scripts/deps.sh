@@ -7,11 +7,12 @@ set -eu
 PKGS="build-essential pkg-config clang
 libuv1-dev libwebsockets-dev libwebsockets-evlib-uv libhiredis-dev
 libcurl4-openssl-dev libesmtp-dev libjansson-dev libgmime-3.0-dev
-libsodium-dev libsystemd-dev libinih-dev
+libsodium-dev libsystemd-dev libinih-dev libssl-dev
 redis-server redis-tools curl
 libcmocka-dev valgrind libclang-rt-14-dev
 prometheus systemd
 kannel kannel-extras
+dovecot-imapd python3-aiosmtpd
 wrk nginx-light
 chromium fonts-dejavu-core"
 

@@ -40,6 +40,12 @@ void sb_api_notify_queues(struct sb_http_req *req);
 void sb_api_dlq_list(struct sb_http_req *req);
 void sb_api_dlq_retry(struct sb_http_req *req);
 void sb_api_dlq_drop(struct sb_http_req *req);
+/* api_mail.c */
+void sb_api_quarantine_list(struct sb_http_req *req);
+void sb_api_quarantine_show(struct sb_http_req *req);
+void sb_api_quarantine_replay(struct sb_http_req *req);
+void sb_api_contact_html(struct sb_http_req *req);
+void sb_api_contact_attachment(struct sb_http_req *req);
 
 /* Hand a contact's conversation to the router when ingest says it needs
  * one (res->needs_route); logs a failure, never blocks the answer. */

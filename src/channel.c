@@ -14,12 +14,14 @@
 #include "log.h"
 #include "util.h"
 
+extern const struct sb_channel_ops sb_chan_email;
 extern const struct sb_channel_ops sb_chan_file;
 extern const struct sb_channel_ops sb_chan_sms;
 extern const struct sb_channel_ops sb_chan_webchat;
 extern const struct sb_channel_ops sb_chan_webhook;
 
 const struct sb_channel_ops *const sb_channel_drivers[] = {
+    &sb_chan_email,
     &sb_chan_file,
     &sb_chan_sms,
     &sb_chan_webchat,

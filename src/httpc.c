@@ -536,6 +536,70 @@ int sb_httpc_request(const struct sb_httpc_req *req, sb_httpc_cb *cb, void *arg)
     return 0;
 }
 
+/* The header stream as the body: for IMAP everything the server says. */
+static size_t on_header_capture(char *p, size_t size, size_t n, void *ud)
+{
+    return on_write(p, size, n, ud);
+}
+
+static size_t on_discard(char *p, size_t size, size_t n, void *ud)
+{
+    (void)p;
+    (void)ud;
+    return size * n;
+}
+
+int sb_httpc_easy(void *easy, int capture_headers, size_t max_body,
+                  sb_httpc_cb *cb, void *arg)
+{
+    struct httpc_xfer *x;
+    CURLcode rc = CURLE_OK;
+    CURL *e = easy;
+
+    if (!e)
+        return -1;
+    if (!H.multi || H.shutting_down || !cb ||
+        H.inflight >= HTTPC_MAX_INFLIGHT) {
+        curl_easy_cleanup(e);
+        return -1;
+    }
+    x = sb_calloc(1, sizeof(*x));
+    x->cb = cb;
+    x->arg = arg;
+    x->retry_after = -1;
+    x->started_ms = sb_mono_ms();
+    x->easy = e;
+    max_body = max_body ? max_body : HTTPC_DEF_MAX_BODY;
+    sb_buf_init(&x->resp, max_body);
+#define SETOPT(opt, val)                                                       \
+    do {                                                                       \
+        if (rc == CURLE_OK)                                                    \
+            rc = curl_easy_setopt(e, opt, val);                                \
+    } while (0)
+    SETOPT(CURLOPT_NOSIGNAL, 1L);
+    SETOPT(CURLOPT_PRIVATE, (void *)x);
+    SETOPT(CURLOPT_ERRORBUFFER, x->errbuf);
+    if (capture_headers) {
+        SETOPT(CURLOPT_HEADERFUNCTION, on_header_capture);
+        SETOPT(CURLOPT_HEADERDATA, (void *)x);
+        SETOPT(CURLOPT_WRITEFUNCTION, on_discard);
+    } else {
+        SETOPT(CURLOPT_WRITEFUNCTION, on_write);
+        SETOPT(CURLOPT_WRITEDATA, (void *)x);
+    }
+#undef SETOPT
+    if (rc != CURLE_OK ||
+        curl_multi_add_handle(H.multi, x->easy) != CURLM_OK) {
+        SB_WARN("core.httpc", "transfer refused err=%s",
+                curl_easy_strerror(rc));
+        xfer_free(x);
+        return -1;
+    }
+    LIST_LINK(H.xfers, x);
+    H.inflight++;
+    return 0;
+}
+
 size_t sb_httpc_inflight(void)
 {
     return H.inflight;

@@ -43,6 +43,21 @@ int sb_httpc_init(uv_loop_t *loop);
 int sb_httpc_request(const struct sb_httpc_req *req, sb_httpc_cb *cb,
                      void *arg);
 
+/* A transfer the caller set up itself on a curl easy handle (passed as
+ * void * so callers need not include curl): any protocol this libcurl
+ * has, e.g. the IMAP poller's commands. httpc adds NOSIGNAL, PRIVATE, its
+ * error buffer, and the response capture: with capture_headers 0 the
+ * write callback fills resp->body (an HTTP body; an IMAP custom command's
+ * untagged lines); with 1 everything the server sent on the control
+ * connection does (for IMAP: every response line and every literal byte,
+ * in order - what a FETCH of a message body needs), capped at max_body
+ * (0 = 1 MiB; over it the transfer fails "response body exceeds
+ * max_body"). resp->status is CURLINFO_RESPONSE_CODE. The handle belongs
+ * to httpc from this call on, accepted or not. 0 accepted (cb exactly
+ * once, never inside this call), -1 refused (no callback). */
+int sb_httpc_easy(void *easy, int capture_headers, size_t max_body,
+                  sb_httpc_cb *cb, void *arg);
+
 size_t sb_httpc_inflight(void);
 
 /* Cancel everything in flight (each gets its completion with error

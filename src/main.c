@@ -30,7 +30,9 @@
 #include "http.h"
 #include "httpc.h"
 #include "log.h"
+#include "mailin.h"
 #include "metrics.h"
+#include "mime.h"
 #include "outbound.h"
 #include "notify.h"
 #include "redis.h"
@@ -405,6 +407,8 @@ static int run(void)
 
     if (uv_loop_init(&M.loop) < 0)
         return 1;
+    /* GMime's global state, before any worker thread exists */
+    sb_mime_init();
     sb_worker_init(&M.loop, (size_t)cc->worker_queue);
     if (sb_httpc_init(&M.loop) < 0)
         return 1;
@@ -426,6 +430,7 @@ static int run(void)
     sb_store_init(M.redis, rc->prefix);
     sb_auth_init(M.redis, rc->prefix);
     sb_router_init(M.redis, rc->prefix);
+    sb_mailin_init(M.redis, rc->prefix);
     sb_events_start(&M.loop, rc, rc->prefix);
     sb_api_init(M.redis, is_ready);
     apply_config(M.conf);
@@ -544,5 +549,6 @@ int main(int argc, char **argv)
     sb_static_free();
     sb_router_free();
     sb_metrics_free();
+    sb_mime_shutdown();
     return r;
 }

@@ -966,6 +966,92 @@ static int cmd_dlq(struct ct_args *a)
     return EX_OK;
 }
 
+/* The quarantine of inbound mail: list, show (with the raw message),
+ * replay. */
+static int cmd_quarantine(struct ct_args *a)
+{
+    static const char *const cols[] = {"ID", "WHEN", "MAILBOX", "UID", "FROM",
+                                       "REASON", NULL};
+    const char *op = a->pos[0];
+    struct ct_table t;
+    json_t *j, *e;
+    size_t i;
+    char *p, *id;
+    int r;
+
+    if (!strcmp(op, "show") || !strcmp(op, "replay")) {
+        if (a->npos != 2) {
+            fprintf(stderr, "sbctl: quarantine %s ID\n", op);
+            return EX_USAGE;
+        }
+        id = esc(a->pos[1]);
+        p = sb_asprintf(!strcmp(op, "replay") ? "/api/v1/quarantine/%s/replay"
+                                              : "/api/v1/quarantine/%s",
+                        id);
+        r = call(!strcmp(op, "replay") ? "POST" : "GET", p,
+                 !strcmp(op, "replay") ? "{}" : NULL, &j);
+        free(p);
+        free(id);
+        if (r == EX_OK && !O.json) {
+            if (!strcmp(op, "replay")) {
+                printf("%s: %s%s%s\n", a->pos[1], str(j, "result"),
+                       json_object_get(j, "reason") ? ": " : "",
+                       json_object_get(j, "reason") ? str(j, "reason") : "");
+            } else {
+                char ago[32];
+                fmt_ago(num(j, "at"), ago, sizeof(ago));
+                printf("id:       %s\nwhen:     %s\nmailbox:  %s (uid %s)\n"
+                       "from:     %s\nsubject:  %s\nsize:     %lld\n"
+                       "tries:    %lld\nreason:   %s\n\n",
+                       str(j, "id"), ago, str(j, "mailbox"), str(j, "uid"),
+                       str(j, "from"), str(j, "subject"), num(j, "size"),
+                       num(j, "tries"), str(j, "reason"));
+                if (json_string_value(json_object_get(j, "raw")))
+                    fputs(str(j, "raw"), stdout);
+                else
+                    printf("(not UTF-8: %zu bytes of base64 in --json)\n",
+                           strlen(str(j, "raw_base64")));
+            }
+        }
+        json_decref(j);
+        return r;
+    }
+    if (strcmp(op, "list") != 0 || a->npos != 1) {
+        fprintf(stderr, "sbctl: quarantine list|show ID|replay ID\n");
+        return EX_USAGE;
+    }
+    p = sb_asprintf("/api/v1/quarantine?limit=%lld",
+                    a->limit > 0 ? a->limit : 50);
+    r = call("GET", p, NULL, &j);
+    free(p);
+    if (r || O.json) {
+        json_decref(j);
+        return r;
+    }
+    tbl_init(&t, cols);
+    json_array_foreach(json_object_get(j, "entries"), i, e)
+    {
+        char ago[32];
+        char *reason = cell(str(e, "reason"), CT_TEXT_MAX);
+        char *from = cell(str(e, "from"), 40);
+        const char *v[6];
+
+        fmt_ago(num(e, "at"), ago, sizeof(ago));
+        v[0] = str(e, "id");
+        v[1] = ago;
+        v[2] = str(e, "mailbox");
+        v[3] = str(e, "uid");
+        v[4] = from;
+        v[5] = reason;
+        tbl_row(&t, v, 0);
+        free(reason);
+        free(from);
+    }
+    tbl_print(&t);
+    json_decref(j);
+    return EX_OK;
+}
+
 /* Join a JSON array of strings with ", " (new string). */
 static char *join(json_t *arr)
 {
@@ -1602,6 +1688,9 @@ static const struct ct_cmd CMDS[] = {
      cmd_notify},
     {"dlq", "list [--limit N] | retry ID | drop ID",
      "dead-letter queue of notifications", 1, 2, OPT_LIMIT, 1, cmd_dlq},
+    {"quarantine", "list [--limit N] | show ID | replay ID",
+     "inbound mail that could not be taken in", 1, 2, OPT_LIMIT, 1,
+     cmd_quarantine},
     {"agents", "", "presence, load, offers, idle since", 0, 0, 0, 1,
      cmd_agents},
     {"conversations", "[--state S] [--queue Q] [--agent A] [--limit N]",

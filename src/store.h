@@ -54,7 +54,11 @@ struct sb_contact_in {
     const char *locale;      /* "ru"/"en" hint for a new customer */
     /* NULL: continue the customer's open conversation on this channel or
      * open a new one; "none": no conversation; "new": always a new one;
-     * else an existing conversation id of this customer. */
+     * "thread" (e-mail): the conversation of this customer that a
+     * Message-ID in fields.thread.refs or the id in fields.thread.tag
+     * names, else a new one; else an existing conversation id of this
+     * customer. fields.message_id (e-mail) and, for outbound e-mail, the
+     * provider id are remembered as Message-IDs of the conversation. */
     const char *conversation;
     const char *subject;
     const char *text;        /* body, UTF-8 */

@@ -20,6 +20,7 @@ local P = ARGV[1]
 local function resolve(id) return sb_resolve(P, id) end -- common.lua
 local fail = sb_fail
 local REOPEN_MS = 7 * 24 * 3600 * 1000 -- resolved this recently: reopen
+local MSGID_TTL = 400 * 24 * 3600 -- a mail answered within ~a year threads
 
 
 local function check_str(name, v, maxlen, required)
@@ -61,7 +62,7 @@ local function main()
     local locale = check_str('locale', ARGV[8], 16)
     local conv_arg = ARGV[9]
     if conv_arg ~= '' and conv_arg ~= 'none' and conv_arg ~= 'new' and
-        not string.match(conv_arg, '^cv_%d+$') then
+        conv_arg ~= 'thread' and not string.match(conv_arg, '^cv_%d+$') then
         fail('NOTFOUND', 'no such conversation')
     end
     local subject = check_str('subject', ARGV[10], 8192)
@@ -72,7 +73,7 @@ local function main()
     local fields = ARGV[15]
     -- fields.via (inbound): how to answer in this conversation (a
     -- driver's "provider|number"), kept on the conversation.
-    local via
+    local via, thread, msgid
     if fields == '' then
         fields = '{}'
     else
@@ -82,7 +83,14 @@ local function main()
             not string.match(fields, '^%s*{') then
             fail('INVALID', 'fields must be a JSON object')
         end
-        if type(f.via) == 'string' and #f.via <= 256 then via = f.via end
+        if type(f.via) == 'string' and #f.via <= 4096 then via = f.via end
+        -- e-mail: fields.thread {"refs":[msg-ids, newest first],"tag":cv}
+        -- picks the conversation (conversation "thread"); message_id is
+        -- remembered for the replies that will name it
+        if type(f.thread) == 'table' then thread = f.thread end
+        if type(f.message_id) == 'string' and #f.message_id <= 998 then
+            msgid = f.message_id
+        end
     end
     if not string.match(ARGV[16], '^%d+$') or #ARGV[16] > 15 then
         fail('INVALID', 'ts must be milliseconds')
@@ -154,6 +162,37 @@ local function main()
     cust, new_customer, proposed = sb_idents_attach(P, cust, idents,
         owners, name, locale, now)
 
+    -- A mail joins the conversation its In-Reply-To/References or its
+    -- subject tag names - only this customer's (two people answering one
+    -- newsletter are two conversations); else it starts a new one.
+    if conv_arg == 'thread' then
+        local function mine(c)
+            if type(c) ~= 'string' or not string.match(c, '^cv_%d+$') then
+                return nil
+            end
+            local o = redis.call('HGET', P .. 'conv:' .. c, 'customer')
+            if o and (resolve(o) or o) == cust then return c end
+            return nil
+        end
+        if thread and type(thread.refs) == 'table' then
+            for i = 1, math.min(#thread.refs, 50) do
+                local r = thread.refs[i]
+                if type(r) == 'string' and #r <= 998 then
+                    conv = mine(redis.call('GET', P .. 'msgid:' ..
+                        redis.sha1hex(r)))
+                    if conv then break end
+                end
+            end
+        end
+        if not conv and thread then conv = mine(thread.tag) end
+        if conv then
+            local st = redis.call('HGET', P .. 'conv:' .. conv, 'state')
+            if st == 'resolved' then
+                redis.call('HSET', P .. 'cust:' .. cust .. ':open', channel,
+                    conv)
+            end
+        end
+    end
     if conv_arg == '' then
         local open = redis.call('HGET', P .. 'cust:' .. cust .. ':open',
             channel)
@@ -224,6 +263,18 @@ local function main()
     end
     if srckey then
         redis.call('SET', srckey, cid, 'EX', window)
+    end
+    -- Message-IDs of mail in a conversation (received, or sent: an e-mail
+    -- driver's provider id is the Message-ID) lead replies back to it.
+    if conv and channel == 'email' then
+        local id = msgid
+        if not id and direction == 'out' and provider_id ~= '' then
+            id = provider_id
+        end
+        if id then
+            redis.call('SET', P .. 'msgid:' .. redis.sha1hex(id), conv,
+                'EX', MSGID_TTL)
+        end
     end
     redis.call('INCR', P .. 'stats:contacts:' .. channel)
     -- Conversations that need an agent are marked until the router has

@@ -5,7 +5,9 @@
 -- out-of-order reports change nothing. "delivered" finishes the
 -- notification; "undelivered"/"failed" marks the channel tried and queues
 -- the notification again for the next channel - if this attempt is still
--- the one awaited. A report for an attempt not recorded yet (the provider
+-- the one awaited (or, for a channel that does not report, the latest
+-- attempt of a notification left "sent"). A report for an attempt not
+-- recorded yet (the provider
 -- was faster than our bookkeeping) is kept and applied when it is.
 -- ARGV: 1 prefix, 2 now (ms), 3 attempt id ("nt_<n>.<attempt>"),
 --   4 status, 5 reason, 6 retention (s).
@@ -49,7 +51,13 @@ local function main()
         { notification = id, event = h[3], ref = h[4], attempt = n,
           report = status })
     redis.call('INCR', P .. 'stats:ntf:report:' .. status)
-    if RANK[status] < 3 or tonumber(h[5]) ~= n then return 'applied' end
+    if RANK[status] < 3 then return 'applied' end
+    -- The awaited attempt decides; so does a bounce of the latest attempt
+    -- of a channel that does not report (e-mail): it left the
+    -- notification "sent", and a failure still moves it on.
+    local bounced = status ~= 'delivered' and h[1] == 'sent' and
+        n == #atts and (h[5] == nil or h[5] == '')
+    if tonumber(h[5]) ~= n and not bounced then return 'applied' end
     redis.call('HDEL', k, 'awaiting')
     redis.call('ZREM', P .. 'ntf:due', id)
     if status == 'delivered' then

@@ -2,7 +2,9 @@
 // (/console/ws, subprotocol switchboard.agent.v1, docs/console-protocol.md)
 // carries everything: presence, offers with a countdown, my conversations
 // and queues, a conversation's whole cross-channel timeline, replies, notes,
-// transfers and resolution, live entries and typing.
+// transfers and resolution, live entries and typing. E-mail entries show
+// their header, fold the quoted history, open the original HTML in a
+// sandboxed frame and download attachments.
 //
 // The session token lives in sessionStorage ("sb_token", shared with the
 // start page) and is reused while valid. The socket authenticates first,
@@ -602,6 +604,276 @@
     }
   }
 
+  // ---- e-mail entries ----------------------------------------------------
+  //
+  // An inbound mail's fields (docs/email.md, "Inbound"): a header block
+  // (from, to, cc), automatic mail (kind auto or bounce) muted with a
+  // label, the quoted history folded at fields.quote_offset, the original
+  // HTML on demand in a sandboxed frame, and the attachments. The HTML and
+  // the attachments are fetched with the session token (an iframe src or a
+  // plain link could not carry it): the HTML goes into the frame's srcdoc,
+  // the attachment into a Blob behind an <a download>.
+
+  const utf8 = new TextEncoder();
+  const fromUtf8 = new TextDecoder('utf-8');
+
+  // text cut at a byte offset of its UTF-8 form: [before, rest], or null
+  // when there is nothing to fold. An offset inside a character moves back
+  // to the character's start.
+  function splitAtByte(text, off) {
+    if (typeof text !== 'string' || !Number.isInteger(off) || off < 0) {
+      return null;
+    }
+    const b = utf8.encode(text);
+    if (off >= b.length) return null;
+    let k = off;
+    while (k > 0 && (b[k] & 0xc0) === 0x80) k--;
+    const rest = fromUtf8.decode(b.subarray(k));
+    if (!rest.trim()) return null;
+    return [fromUtf8.decode(b.subarray(0, k)), rest];
+  }
+
+  function fmtAddr(a) {
+    if (!a) return '';
+    if (typeof a === 'string') return a;
+    const addr = typeof a.addr === 'string' ? a.addr : '';
+    const name = typeof a.name === 'string' ? a.name.trim() : '';
+    if (name && addr) return name + ' <' + addr + '>';
+    return name || addr;
+  }
+
+  function fmtAddrs(list) {
+    if (!Array.isArray(list)) return fmtAddr(list);
+    return list.map(fmtAddr).filter(Boolean).join(', ');
+  }
+
+  function humanSize(n) {
+    n = Number(n);
+    if (!Number.isFinite(n) || n < 0) return '? B';
+    if (n < 1024) return Math.round(n) + ' B';
+    const units = ['KB', 'MB', 'GB', 'TB'];
+    let v = n / 1024;
+    let i = 0;
+    while (v >= 1024 && i < units.length - 1) { v /= 1024; i++; }
+    return (v < 10 ? v.toFixed(1) : String(Math.round(v))) + ' ' + units[i];
+  }
+
+  function contactUrl(id, tail) {
+    return '/api/v1/contacts/' + encodeURIComponent(id) + tail;
+  }
+
+  // GET with the session token; resolves to the Response (2xx), rejects
+  // with an Error whose message is the server's error text.
+  async function fetchAuthed(path) {
+    const headers = {};
+    if (token) headers.Authorization = 'Bearer ' + token;
+    let res;
+    try {
+      res = await fetch(path, { headers, cache: 'no-store',
+                                credentials: 'omit' });
+    } catch (e) {
+      throw new Error('server unreachable');
+    }
+    if (res.ok) return res;
+    let msg = '';
+    try {
+      const d = await res.json();
+      msg = (d && d.error) || '';
+    } catch (e) { msg = ''; }
+    throw new Error(msg || 'HTTP ' + res.status);
+  }
+
+  function mailKind(e) {
+    const k = e.fields.kind || e.type;
+    return k === 'auto' || k === 'bounce' ? k : 'message';
+  }
+
+  function mailHeader(e, f) {
+    const box = el('div', 'mailhead');
+    const row = (cls, label, value) => {
+      if (!value) return;
+      const r = el('div', 'mh ' + cls);
+      r.append(el('span', 'k', label), el('span', 'v', value));
+      box.append(r);
+    };
+    row('mh-from', 'From', fmtAddr(f.from));
+    row('mh-to', 'To', fmtAddrs(f.to));
+    row('mh-cc', 'Cc', fmtAddrs(f.cc));
+    row('mh-subject', 'Subject', e.subject || '');
+    return box.childElementCount ? box : null;
+  }
+
+  // The body: folded at quote_offset when that leaves something to fold.
+  function mailText(e, f, li) {
+    if (!e.text) return;
+    const parts = splitAtByte(e.text, f.quote_offset);
+    if (!parts) {
+      li.append(el('div', 'text', e.text));
+      return;
+    }
+    const head = parts[0].replace(/\s+$/, '');
+    if (head) li.append(el('div', 'text', head));
+    const quoted = el('div', 'quoted', parts[1].replace(/^\n+/, ''));
+    quoted.hidden = true;
+    const toggle = el('button', 'quote-toggle', 'show quoted text');
+    toggle.type = 'button';
+    toggle.setAttribute('aria-expanded', 'false');
+    toggle.addEventListener('click', () => {
+      quoted.hidden = !quoted.hidden;
+      toggle.textContent = quoted.hidden ? 'show quoted text'
+        : 'hide quoted text';
+      toggle.setAttribute('aria-expanded', String(!quoted.hidden));
+    });
+    li.append(toggle, quoted);
+  }
+
+  // What the frame is given: the message's HTML behind a policy of its
+  // own (it only narrows what the frame inherits from this page: no
+  // loads but data: images, no scripts). The frame has an empty sandbox:
+  // no scripts, a unique origin, no forms, no popups, no navigation of
+  // this page.
+  const FRAME_CSP = '<meta http-equiv="Content-Security-Policy" ' +
+    'content="default-src \'none\'; style-src \'unsafe-inline\'; ' +
+    'img-src data:">';
+
+  // The policy goes first in the head; after a doctype, so that one still
+  // picks the rendering mode.
+  function withPolicy(html) {
+    const m = /^\s*<!doctype[^>]*>/i.exec(html);
+    if (!m) return FRAME_CSP + html;
+    return m[0] + FRAME_CSP + html.slice(m[0].length);
+  }
+
+  function mailHtml(e, f, tools) {
+    const h = f.html;
+    if (!h || typeof h !== 'object' || typeof h.sha256 !== 'string') return;
+    const btn = el('button', 'html-toggle', 'view original (HTML)');
+    btn.type = 'button';
+    const size = el('span', 'meta', humanSize(h.size));
+    const status = el('span', 'mail-status');
+    const holder = el('div', 'mail-html');
+    holder.hidden = true;
+    let frame = null;
+    btn.addEventListener('click', async () => {
+      if (frame) {
+        holder.hidden = !holder.hidden;
+        btn.textContent = holder.hidden ? 'view original (HTML)'
+          : 'hide original (HTML)';
+        return;
+      }
+      btn.disabled = true;
+      status.textContent = 'loading…';
+      try {
+        const res = await fetchAuthed(contactUrl(e.id, '/html'));
+        const html = await res.text();
+        frame = document.createElement('iframe');
+        frame.className = 'mail-frame';
+        frame.setAttribute('sandbox', '');
+        frame.setAttribute('referrerpolicy', 'no-referrer');
+        frame.title = 'original message (HTML)';
+        frame.srcdoc = withPolicy(html);
+        holder.append(frame);
+        holder.hidden = false;
+        btn.textContent = 'hide original (HTML)';
+        status.textContent = '';
+      } catch (err) {
+        status.textContent = 'HTML: ' + err.message;
+      } finally {
+        btn.disabled = false;
+      }
+    });
+    tools.append(btn, size, status);
+    return holder;
+  }
+
+  // Download attachment n: fetch it, hand it over as a Blob under its
+  // name (always octet-stream: the browser saves it, never shows it).
+  async function download(e, n, a, status) {
+    status.textContent = 'downloading…';
+    try {
+      const res = await fetchAuthed(contactUrl(e.id, '/attachments/' + n));
+      const blob = new Blob([await res.arrayBuffer()],
+        { type: 'application/octet-stream' });
+      const url = URL.createObjectURL(blob);
+      const link = document.createElement('a');
+      link.href = url;
+      link.download = a.filename || 'attachment';
+      link.hidden = true;
+      document.body.append(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 60000);
+      status.textContent = '';
+    } catch (err) {
+      status.textContent = err.message;
+    }
+  }
+
+  function mailAttachments(e, f) {
+    const atts = Array.isArray(f.attachments) ? f.attachments : [];
+    if (!atts.length) return null;
+    const ul = el('ul', 'attachments');
+    atts.forEach((a, n) => {
+      if (!a || typeof a !== 'object') return;
+      const li = el('li', 'att');
+      li.dataset.n = String(n);
+      const name = a.filename || 'attachment ' + (n + 1);
+      const info = [a.content_type || 'unknown type', humanSize(a.size)];
+      if (a.inline) info.push('inline');
+      const status = el('span', 'mail-status');
+      if (a.stored) {
+        const link = el('a', 'att-name', name);
+        link.href = '#';
+        link.setAttribute('role', 'button');
+        link.title = 'download';
+        link.addEventListener('click', (ev) => {
+          ev.preventDefault();
+          download(e, n, a, status);
+        });
+        li.append(link);
+      } else {
+        li.append(el('span', 'att-name', name));
+        li.classList.add('att-lost');
+      }
+      li.append(el('span', 'meta', info.join(', ')));
+      if (!a.stored) {
+        li.append(el('span', 'not-kept', 'not kept (over the size cap)'));
+      }
+      li.append(status);
+      ul.append(li);
+    });
+    return ul;
+  }
+
+  function mailEntry(e, li, head) {
+    const f = e.fields;
+    li.classList.add('mail');
+    const kind = mailKind(e);
+    if (kind !== 'message') {
+      li.classList.add('mail-' + kind);
+      let label = 'auto-reply';
+      if (kind === 'bounce') {
+        const st = f.dsn && typeof f.dsn.status === 'string' ? f.dsn.status
+          : '';
+        label = 'bounce' + (st ? ': ' + st : '');
+      }
+      head.append(el('span', 'kind', label));
+    }
+    const hdr = mailHeader(e, f);
+    if (hdr) li.append(hdr);
+    else if (e.subject) li.append(el('div', 'subject', e.subject));
+    mailText(e, f, li);
+    const tools = el('div', 'mail-tools');
+    if (f.text_from_html) {
+      tools.append(el('span', 'meta', 'text taken from the HTML'));
+    }
+    const holder = mailHtml(e, f, tools);
+    if (tools.childElementCount) li.append(tools);
+    if (holder) li.append(holder);
+    const atts = mailAttachments(e, f);
+    if (atts) li.append(atts);
+  }
+
   // ---- the conversation view ---------------------------------------------
 
   function closeConv() {
@@ -732,6 +1004,10 @@
       head.append(el('span', 'via', 'fallback'));
     }
     li.append(head);
+    if (e.channel === 'email' && e.fields && typeof e.fields === 'object') {
+      mailEntry(e, li, head);
+      return li;
+    }
     if (e.subject) li.append(el('div', 'subject', e.subject));
     if (e.text) li.append(el('div', 'text', e.text));
     return li;
