@@ -33,7 +33,8 @@ seconds=${FUZZ_SECONDS:-30}
 max_len=${FUZZ_MAX_LEN:-16384}
 corpora=${SB_CORPORA:-$root/../shared/corpora}
 out=build/fuzz
-pkgs="libuv libwebsockets hiredis libcurl jansson libsodium libsystemd"
+pkgs="libuv libwebsockets hiredis libcurl jansson libsodium libsystemd
+      gmime-3.0 libesmtp-1.0 openssl"
 
 if ! command -v "$cc" >/dev/null 2>&1; then
     echo "fuzz: $cc not found" >&2
