@@ -45,7 +45,17 @@
 #include "util.h"
 
 #define IM_PLACE "chan.email.imap"
-#define IM_BATCH_BYTES (32u * 1024 * 1024) /* bodies fetched at once */
+#define IM_BATCH_BYTES (32u * 1024 * 1024) /* bodies in hand at once */
+/* Everything a command's answer holds travels through curl's header
+ * stream, which curl 7.88 caps at 300 KiB per transfer - and counts its
+ * untagged lines far more dearly than their bytes (151 one-line FETCH
+ * items of sizes already overflow it). So bodies are asked for in
+ * transfers of at most IM_XFER_BYTES and IM_XFER_ITEMS messages, a larger
+ * message in chunks (BODY.PEEK[]<offset.length>), and sizes for at most
+ * IM_SIZE_UIDS UIDs at a time. */
+#define IM_XFER_BYTES (192u * 1024)
+#define IM_XFER_ITEMS 40
+#define IM_SIZE_UIDS 50
 #define IM_CONCURRENT 4                    /* ingests at once */
 #define IM_FETCH_TRIES 3
 #define IM_MAX_ITEMS 1000
@@ -210,9 +220,19 @@ int em_parse_fetch(const char *buf, size_t len, struct em_fetch_item *items,
                 q += 12;
                 if (read_num(&q, le, &it.size) < 0)
                     return -1;
-            } else if (word_at(q, le, "BODY[] ")) {
-                unsigned long blen;
-                q += 7;
+            } else if (word_at(q, le, "BODY[]")) {
+                unsigned long blen, origin;
+                q += 6;
+                /* a partial fetch answers BODY[]<origin> */
+                if (q < le && *q == '<') {
+                    q++;
+                    if (read_num(&q, le, &origin) < 0 || q >= le || *q != '>')
+                        return -1;
+                    q++;
+                }
+                if (q >= le || *q != ' ')
+                    return -1;
+                q++;
                 if (word_at(q, le, "NIL")) {
                     q += 3;
                     continue;
@@ -317,6 +337,8 @@ struct em_mbox {
     int loaded;
     struct im_item *items;
     int nitems, next_submit;
+    int fetch_idx, fetch_end;   /* items asked for by the transfer out */
+    unsigned long uidnext;      /* from the last STATUS */
     unsigned long fail_uid; /* the uid that failed to fetch, and how often */
     int fail_count;
     struct sb_metric *m_polls, *m_errors, *m_fetched;
@@ -430,6 +452,13 @@ static int im_run(struct em_mbox *m, const char *url, const char *cmd,
 
     if (!e)
         return -1;
+    /* STATUS of the mailbox a connection has selected answers from that
+     * session's view (Dovecot): ask on a connection of its own */
+    if (strncmp(cmd, "STATUS ", 7) == 0) {
+        curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+        curl_easy_setopt(e, CURLOPT_FORBID_REUSE, 1L);
+    }
+    SB_DEBUG(IM_PLACE, "command mailbox=%s cmd=\"%.80s\"", m->name, cmd);
     if (sb_httpc_easy(e, 1, max_body, cb, m) < 0)
         return -1;
     m->xfer = 1;
@@ -470,7 +499,7 @@ static void on_saved(enum sb_store_status st, unsigned long v,
         return;
     }
     /* a full batch, all of it done: there may be more */
-    more = m->nitems == m->c.batch;
+    more = m->nitems > 0 && m->uidnext && m->last_uid < m->uidnext - 1;
     for (int i = 0; i < m->nitems; i++)
         if (m->items[i].state != IT_DONE)
             more = 0;
@@ -621,11 +650,35 @@ static void submit_more(struct em_mbox *m)
 
 /* -- fetch bodies -------------------------------------------------------- */
 
+static void fetch_next(struct em_mbox *m);
+
+/* Item i could not be fetched whole: the batch stops before it (it is
+ * tried again next poll, and quarantined when it keeps failing). */
+static void cut_at(struct em_mbox *m, int i)
+{
+    struct im_item *it = &m->items[i];
+
+    if (m->fail_uid == it->uid)
+        m->fail_count++;
+    else {
+        m->fail_uid = it->uid;
+        m->fail_count = 1;
+    }
+    SB_WARN(IM_PLACE, "message not fetched whole mailbox=%s uid=%lu try=%d",
+            m->name, it->uid, m->fail_count);
+    for (int k = i; k < m->nitems; k++) {
+        free(m->items[k].raw);
+        m->items[k].raw = NULL;
+    }
+    m->nitems = i;
+}
+
 static void on_bodies(const struct sb_httpc_resp *r, void *arg)
 {
     struct em_mbox *m = arg;
-    struct em_fetch_item *got;
-    int n, cut = m->nitems;
+    struct em_fetch_item got[IM_MAX_ITEMS];
+    int n, chunked;
+    struct im_item *first;
 
     m->xfer = 0;
     if (gone(m))
@@ -634,81 +687,107 @@ static void on_bodies(const struct sb_httpc_resp *r, void *arg)
         poll_done(m, r->error);
         return;
     }
-    got = sb_calloc((size_t)m->nitems + 1, sizeof(*got));
-    n = em_parse_fetch(r->body, r->body_len, got, m->nitems + 1);
-    for (int i = 0; i < m->nitems; i++) {
-        struct im_item *it = &m->items[i];
-        if (it->too_big || it->unfetchable)
-            continue;
-        for (int k = 0; k < n; k++)
-            if (got[k].uid == it->uid && got[k].body) {
-                it->raw = sb_malloc(got[k].body_len + 1);
-                memcpy(it->raw, got[k].body, got[k].body_len);
-                it->raw[got[k].body_len] = '\0';
-                it->len = got[k].body_len;
-                break;
-            }
-        if (!it->raw) {
-            /* the batch stops before it; it is tried again next poll, and
-             * quarantined when it keeps failing */
-            if (m->fail_uid == it->uid)
-                m->fail_count++;
-            else {
-                m->fail_uid = it->uid;
-                m->fail_count = 1;
-            }
-            SB_WARN(IM_PLACE, "message not fetched whole mailbox=%s uid=%lu "
-                              "try=%d",
-                    m->name, it->uid, m->fail_count);
-            cut = i;
-            break;
-        }
-    }
-    free(got);
+    n = em_parse_fetch(r->body, r->body_len, got, IM_MAX_ITEMS);
     if (n < 0)
         SB_WARN(IM_PLACE, "malformed FETCH response mailbox=%s", m->name);
-    for (int i = cut; i < m->nitems; i++) {
-        free(m->items[i].raw);
-        m->items[i].raw = NULL;
+    first = &m->items[m->fetch_idx];
+    chunked = first->size > IM_XFER_BYTES;
+    if (chunked) {
+        /* one chunk of one large message */
+        const struct em_fetch_item *g = NULL;
+        for (int k = 0; k < n; k++)
+            if (got[k].uid == first->uid && got[k].body)
+                g = &got[k];
+        if (!g) {
+            cut_at(m, m->fetch_idx);
+        } else {
+            first->raw = sb_realloc(first->raw, first->len + g->body_len + 1);
+            memcpy(first->raw + first->len, g->body, g->body_len);
+            first->len += g->body_len;
+            first->raw[first->len] = '\0';
+            if (g->body_len < IM_XFER_BYTES || first->len >= first->size ||
+                first->len > m->max_size)
+                m->fetch_idx++;
+        }
+    } else {
+        for (int i = m->fetch_idx; i < m->fetch_end; i++) {
+            struct im_item *it = &m->items[i];
+            if (it->too_big || it->unfetchable)
+                continue;
+            for (int k = 0; k < n; k++)
+                if (got[k].uid == it->uid && got[k].body) {
+                    it->raw = sb_malloc(got[k].body_len + 1);
+                    memcpy(it->raw, got[k].body, got[k].body_len);
+                    it->raw[got[k].body_len] = '\0';
+                    it->len = got[k].body_len;
+                    break;
+                }
+            if (!it->raw) {
+                cut_at(m, i);
+                break;
+            }
+        }
+        /* past what this transfer asked for (or what is left of a cut) */
+        m->fetch_idx = m->fetch_end < m->nitems ? m->fetch_end : m->nitems;
     }
-    m->nitems = cut;
-    if (m->nitems == 0) {
-        poll_done(m, NULL);
-        return;
-    }
-    m->next_submit = 0;
-    submit_more(m);
-    all_submitted_done(m);
+    fetch_next(m);
 }
 
-static void step_bodies(struct em_mbox *m)
+/* Ask for the next bodies: a run of small messages within IM_XFER_BYTES,
+ * or the next chunk of a large one; when all are in hand, ingest. */
+static void fetch_next(struct em_mbox *m)
 {
     struct sb_buf set;
     size_t total = 0;
     char *cmd;
+    int i = m->fetch_idx;
 
-    sb_buf_init(&set, 0);
-    for (int i = 0; i < m->nitems; i++) {
-        const struct im_item *it = &m->items[i];
-        if (it->too_big || it->unfetchable)
-            continue;
-        sb_buf_printf(&set, "%s%lu", set.len ? "," : "", it->uid);
-        total += it->size;
-    }
-    if (!set.len) {
-        sb_buf_free(&set);
+    while (i < m->nitems &&
+           (m->items[i].too_big || m->items[i].unfetchable))
+        i++;
+    m->fetch_idx = i;
+    if (i >= m->nitems) {
+        if (m->nitems == 0) {
+            poll_done(m, NULL);
+            return;
+        }
         m->next_submit = 0;
         submit_more(m);
         all_submitted_done(m);
         return;
     }
-    cmd = sb_asprintf("UID FETCH %s (UID BODY.PEEK[])", set.data);
-    sb_buf_free(&set);
+    if (m->items[i].size > IM_XFER_BYTES) {
+        cmd = sb_asprintf("UID FETCH %lu (UID BODY.PEEK[]<%zu.%u>)",
+                          m->items[i].uid, m->items[i].len, IM_XFER_BYTES);
+        m->fetch_end = i + 1;
+        total = IM_XFER_BYTES;
+    } else {
+        sb_buf_init(&set, 0);
+        for (; i < m->nitems; i++) {
+            const struct im_item *it = &m->items[i];
+            if (it->too_big || it->unfetchable)
+                continue;
+            if (it->size > IM_XFER_BYTES ||
+                (set.len && (total + it->size > IM_XFER_BYTES ||
+                             i - m->fetch_idx >= IM_XFER_ITEMS)))
+                break;
+            sb_buf_printf(&set, "%s%lu", set.len ? "," : "", it->uid);
+            total += it->size;
+        }
+        m->fetch_end = i;
+        cmd = sb_asprintf("UID FETCH %s (UID BODY.PEEK[])", set.data);
+        sb_buf_free(&set);
+    }
     /* the stream carries the bodies plus the protocol around them */
-    if (im_run(m, m->box_url, cmd, total + 256 * 1024 + 64 * (size_t)m->nitems,
-               on_bodies) < 0)
+    if (im_run(m, m->box_url, cmd, total + 64 * 1024, on_bodies) < 0)
         poll_done(m, "fetch refused");
     free(cmd);
+}
+
+static void step_bodies(struct em_mbox *m)
+{
+    m->fetch_idx = 0;
+    fetch_next(m);
 }
 
 /* -- sizes --------------------------------------------------------------- */
@@ -762,6 +841,13 @@ static void on_sizes(const struct sb_httpc_resp *r, void *arg)
     free(got);
     m->nitems = k;
     if (k == 0) {
+        /* no message in this range of UIDs (expunged or moved ones): when
+         * the mailbox goes further, skip it - UIDs only grow */
+        if (m->uidnext && m->last_uid + IM_SIZE_UIDS < m->uidnext - 1) {
+            m->last_uid += IM_SIZE_UIDS;
+            step_sizes(m);
+            return;
+        }
         poll_done(m, NULL);
         return;
     }
@@ -770,8 +856,8 @@ static void on_sizes(const struct sb_httpc_resp *r, void *arg)
 
 static void step_sizes(struct em_mbox *m)
 {
-    char *cmd = sb_asprintf("UID FETCH %lu:* (UID RFC822.SIZE)",
-                            m->last_uid + 1);
+    char *cmd = sb_asprintf("UID FETCH %lu:%lu (UID RFC822.SIZE)",
+                            m->last_uid + 1, m->last_uid + IM_SIZE_UIDS);
 
     if (im_run(m, m->box_url, cmd, 4 * 1024 * 1024, on_sizes) < 0)
         poll_done(m, "fetch refused");
@@ -806,6 +892,7 @@ static void on_status(const struct sb_httpc_resp *r, void *arg)
         m->fail_uid = 0;
     }
     m->uidvalidity = v;
+    m->uidnext = next;
     if (next && next - 1 <= m->last_uid) {
         poll_done(m, NULL);
         return;

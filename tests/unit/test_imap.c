@@ -72,6 +72,22 @@ static void test_fetch_sizes_only(void **state)
     assert_int_equal(it[0].uid, 10);
 }
 
+static void test_fetch_partial(void **state)
+{
+    static const char s[] = "* 7 FETCH (UID 70 BODY[]<4096> {6}\r\n"
+                            "abc\r\nd)\r\n"
+                            "A009 OK done\r\n";
+    static const char bad[] = "* 7 FETCH (UID 70 BODY[]<x> {1}\r\na)\r\n";
+    struct em_fetch_item it[2];
+
+    (void)state;
+    assert_int_equal(em_parse_fetch(s, sizeof(s) - 1, it, 2), 1);
+    assert_int_equal(it[0].uid, 70);
+    assert_int_equal(it[0].body_len, 6);
+    assert_memory_equal(it[0].body, "abc\r\nd", 6);
+    assert_int_equal(em_parse_fetch(bad, sizeof(bad) - 1, it, 2), -1);
+}
+
 static void test_fetch_malformed(void **state)
 {
     static const char cut[] = "* 1 FETCH (UID 1 BODY[] {100}\r\nshort\r\n";
@@ -107,6 +123,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_fetch_bodies),
         cmocka_unit_test(test_fetch_sizes_only),
+        cmocka_unit_test(test_fetch_partial),
         cmocka_unit_test(test_fetch_malformed),
         cmocka_unit_test(test_status),
     };
