@@ -8,8 +8,9 @@
 # each target links against that archive, so it pulls in only the objects
 # it uses. Targets are found by name: adding tests/fuzz/fuzz_NAME.c is all
 # it takes. Seeds are copied into a temporary corpus directory (never into
-# the repository): ../shared/corpora/json for fuzz_json, mime/ for targets
-# with "mail" or "mime" in their name, and tests/fuzz/seeds/NAME/ if it
+# the repository): ../shared/corpora/json for fuzz_json, mime/ and
+# tests/data/mail/*.eml for targets with "mail" or "mime" in their name,
+# and tests/fuzz/seeds/NAME/ if it
 # exists.
 #
 # Environment:
@@ -147,7 +148,13 @@ for t in $built; do
     mkdir -p "$corpus"
     case "$t" in
     fuzz_json) seed_from "$corpora/json" "$corpus" ;;
-    *mail* | *mime*) seed_from "$corpora/mime" "$corpus" ;;
+    *mail* | *mime*)
+        seed_from "$corpora/mime" "$corpus"
+        # our own corpus too (the messages test_mime checks)
+        for f in tests/data/mail/*.eml; do
+            [ -e "$f" ] && cp "$f" "$corpus"/
+        done
+        ;;
     esac
     seed_from "tests/fuzz/seeds/$t" "$corpus"
     if "./$out/$t" -max_total_time="$seconds" -max_len="$max_len" \
