@@ -12,7 +12,9 @@
  *                                        the quarantine (too large ones
  *                                        without being fetched)
  *   UID STORE set +FLAGS.SILENT (\Seen)  or UID MOVE set "folder": only
- *                                        what is durably in Redis
+ *                                        what is durably in Redis (when
+ *                                        this fails, last_uid stays and
+ *                                        they come again, known)
  *   HSET <prefix>imap:<name> uidvalidity V last_uid L
  *
  * and goes round again while there is more. The last UID is the highest
@@ -47,14 +49,14 @@
 #define IM_PLACE "chan.email.imap"
 #define IM_BATCH_BYTES (32u * 1024 * 1024) /* bodies in hand at once */
 /* Everything a command's answer holds travels through curl's header
- * stream, which curl 7.88 caps at 300 KiB per transfer - and counts its
- * untagged lines far more dearly than their bytes (151 one-line FETCH
- * items of sizes already overflow it). So bodies are asked for in
- * transfers of at most IM_XFER_BYTES and IM_XFER_ITEMS messages, a larger
- * message in chunks (BODY.PEEK[]<offset.length>), and sizes for at most
- * IM_SIZE_UIDS UIDs at a time. */
+ * stream, which curl 7.88 caps at 300 KiB per transfer - and counts
+ * untagged responses again and again: n FETCH items of average size a
+ * cost about a * n(n+1)/2 (130 one-line items of sizes already overflow
+ * it). So a transfer of bodies is kept at (n+1)/2 * total <= IM_XFER_BYTES
+ * (one message of up to IM_XFER_BYTES, a handful of small ones), a larger
+ * message comes in chunks (BODY.PEEK[]<offset.length>), and sizes are
+ * asked for IM_SIZE_UIDS UIDs at a time. */
 #define IM_XFER_BYTES (192u * 1024)
-#define IM_XFER_ITEMS 40
 #define IM_SIZE_UIDS 50
 #define IM_CONCURRENT 4                    /* ingests at once */
 #define IM_FETCH_TRIES 3
@@ -338,6 +340,9 @@ struct em_mbox {
     struct im_item *items;
     int nitems, next_submit;
     int fetch_idx, fetch_end;   /* items asked for by the transfer out */
+    int solo;                   /* a batch failed: one message a time */
+    int errors;                 /* polls failed in a row */
+    uint64_t logged_ms;         /* when a failure was last logged */
     unsigned long uidnext;      /* from the last STATUS */
     unsigned long fail_uid; /* the uid that failed to fetch, and how often */
     int fail_count;
@@ -398,16 +403,36 @@ static void free_items(struct em_mbox *m)
 /* This poll is over: the next one after the interval. */
 static void poll_done(struct em_mbox *m, const char *error)
 {
-    if (error) {
+    uint64_t delay = (uint64_t)m->c.interval;
+
+    if (!error) {
+        if (m->errors)
+            SB_NOTICE(IM_PLACE, "polling again mailbox=%s after %d failed "
+                                "polls",
+                      m->name, m->errors);
+        m->solo = 0;
+        m->errors = 0;
+    } else {
+        /* a mailbox that keeps failing (server down) is tried less and
+         * less often, up to every 5 minutes, and logged once a minute */
+        uint64_t now = sb_mono_ms();
         sb_metric_add(m->m_errors, 1, m->name);
-        SB_WARN(IM_PLACE, "poll failed mailbox=%s err=\"%s\"", m->name,
-                error);
+        m->errors++;
+        for (int i = 1; i < m->errors && i < 10 && delay < 300000; i++)
+            delay *= 2;
+        if (delay > 300000)
+            delay = 300000;
+        if (m->errors == 1 || now - m->logged_ms >= 60000) {
+            SB_WARN(IM_PLACE, "poll failed mailbox=%s err=\"%s\" failures=%d "
+                              "next_in_ms=%llu",
+                    m->name, error, m->errors, (unsigned long long)delay);
+            m->logged_ms = now;
+        }
     }
     free_items(m);
     m->busy = 0;
     if (!m->stopping)
-        uv_timer_start(&m->timer, on_timer,
-                       (uint64_t)m->c.interval, 0);
+        uv_timer_start(&m->timer, on_timer, delay, 0);
 }
 
 /* A curl handle for one IMAP command on url. */
@@ -535,11 +560,13 @@ static void on_marked(const struct sb_httpc_resp *r, void *arg)
     m->xfer = 0;
     if (gone(m))
         return;
-    if (r->error)
-        /* in the log already: only the flag is missing; last_uid moves on
-         * all the same (nothing is fetched twice because of it) */
-        SB_WARN(IM_PLACE, "marking failed mailbox=%s err=\"%s\"", m->name,
-                r->error);
+    if (r->error) {
+        /* in the log already, but not marked: last_uid stays, the next
+         * poll fetches them again, finds them known (same Message-ID) and
+         * marks them then */
+        poll_done(m, r->error);
+        return;
+    }
     step_save(m);
 }
 
@@ -652,9 +679,9 @@ static void submit_more(struct em_mbox *m)
 
 static void fetch_next(struct em_mbox *m);
 
-/* Item i could not be fetched whole: the batch stops before it (it is
- * tried again next poll, and quarantined when it keeps failing). */
-static void cut_at(struct em_mbox *m, int i)
+/* Item i failed to come whole once more: after IM_FETCH_TRIES polls in
+ * a row it goes to the quarantine unfetched. */
+static void note_failure(struct em_mbox *m, int i)
 {
     struct im_item *it = &m->items[i];
 
@@ -666,6 +693,13 @@ static void cut_at(struct em_mbox *m, int i)
     }
     SB_WARN(IM_PLACE, "message not fetched whole mailbox=%s uid=%lu try=%d",
             m->name, it->uid, m->fail_count);
+}
+
+/* Item i could not be fetched whole: the batch stops before it (it is
+ * tried again next poll, and quarantined when it keeps failing). */
+static void cut_at(struct em_mbox *m, int i)
+{
+    note_failure(m, i);
     for (int k = i; k < m->nitems; k++) {
         free(m->items[k].raw);
         m->items[k].raw = NULL;
@@ -684,6 +718,12 @@ static void on_bodies(const struct sb_httpc_resp *r, void *arg)
     if (gone(m))
         return;
     if (r->error) {
+        /* a batch that failed is asked for one message at a time next;
+         * a message that fails alone counts towards its quarantine */
+        if (m->fetch_end - m->fetch_idx > 1)
+            m->solo = 1;
+        else
+            note_failure(m, m->fetch_idx);
         poll_done(m, r->error);
         return;
     }
@@ -767,9 +807,11 @@ static void fetch_next(struct em_mbox *m)
             const struct im_item *it = &m->items[i];
             if (it->too_big || it->unfetchable)
                 continue;
+            size_t n = (size_t)(i - m->fetch_idx) + 1; /* with this one */
             if (it->size > IM_XFER_BYTES ||
-                (set.len && (total + it->size > IM_XFER_BYTES ||
-                             i - m->fetch_idx >= IM_XFER_ITEMS)))
+                (set.len && (m->solo ||
+                             (total + it->size) * (n + 1) / 2 >
+                                 IM_XFER_BYTES)))
                 break;
             sb_buf_printf(&set, "%s%lu", set.len ? "," : "", it->uid);
             total += it->size;
@@ -951,7 +993,9 @@ static void poll_start(struct em_mbox *m)
         return;
     }
     if (sb_mailin_pos_get(m->name, on_loaded, m) < 0) {
-        poll_done(m, "redis unavailable");
+        /* Redis not connected yet (at start): quietly, in a second */
+        m->busy = 0;
+        uv_timer_start(&m->timer, on_timer, 1000, 0);
         return;
     }
     m->xfer = 1;

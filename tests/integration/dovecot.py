@@ -128,6 +128,31 @@ def parse_flags(name):
     return {_FLAG_NAMES[c] for c in info if c in _FLAG_NAMES}
 
 
+def _descendants(pid):
+    """PIDs of every process below pid (from /proc)."""
+    parent = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                st = f.read()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parens
+        rest = st[st.rfind(")") + 2:].split()
+        if len(rest) > 1:
+            parent[int(d)] = int(rest[1])
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        for c, pp in parent.items():
+            if pp == p:
+                out.append(c)
+                todo.append(c)
+    return out
+
+
 class Dovecot:
     """A private Dovecot on loopback; see the module comment.
 
@@ -357,11 +382,19 @@ service imap-urlauth-login {{
             time.sleep(0.05)
 
     def stop(self, sig=signal.SIGTERM, limit=10.0):
-        """Stop the master by PID (it takes its children down) and wait
-        until nothing listens on our ports any more."""
+        """Stop the master by PID and wait until nothing listens on our
+        ports any more. Its imap processes are killed too: a stopped
+        server drops its clients (left to themselves they may go on
+        serving an open session to its end)."""
         if self.proc is None:
             return None
+        kids = _descendants(self.proc.pid)
         rc, _ = harness.stop_process(self.proc, sig, limit)
+        for pid in kids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         self.proc = None
         deadline = time.monotonic() + limit
         while _port_open(self.imap_port, 0.2) and \

@@ -1063,35 +1063,38 @@ def assert_exactly_once(rig, mids):
 
 @timeout(240)
 def test_dovecot_stopped_mid_fetch():
+    # enough mail, in small batches, that the daemon is still at it when
+    # Dovecot stops (it takes in ~1,000 a second)
+    N = 1000
     # small batches: many fetch/ingest/mark rounds to be caught in
-    with MailRig(start=False, mailbox={"batch": "5"},
+    with MailRig(start=False, mailbox={"batch": "2"},
                  expect_errors=(r"(?i)imap", r"(?i)mailbox")) as rig:
         env = rig.env
-        raws = many(200, "drop")
-        mids = ["drop-%d@customer.test" % i for i in range(200)]
+        raws = many(N, "drop")
+        mids = ["drop-%d@customer.test" % i for i in range(N)]
         rig.dv.deliver_many(raws)
         rig.start()
         wait_until(lambda: len(rig.mail_in()) >= 1, 60, 0.01,
-                   "the first of 200 mails logged")
+                   "the first of %d mails logged" % N)
         rig.dv.stop()
         at_stop = len(rig.mail_in())
-        assert 0 < at_stop < 200, \
-            "all 200 were in before Dovecot could be stopped (%d)" % at_stop
+        assert 0 < at_stop < N, \
+            "all %d were in before Dovecot could be stopped" % at_stop
         time.sleep(1.5)  # polls fail meanwhile
         assert env.daemon.alive()
         rig.dv.start()
         # Once more, later in the run.
-        wait_until(lambda: len(rig.mail_in()) >= min(at_stop + 60, 199),
+        wait_until(lambda: len(rig.mail_in()) >= min(at_stop + 60, N - 1),
                    120, 0.01, "more mails after the restart")
         rig.dv.restart(pause=0.5)
-        wait_until(lambda: len(rig.by_mid()) >= 200, 180, 0.2,
-                   "all 200 mails logged")
+        wait_until(lambda: len(rig.by_mid()) >= N, 180, 0.2,
+                   "all %d mails logged" % N)
         time.sleep(1.0)
         assert_exactly_once(rig, mids)
-        assert len(rig.mail_in()) == 200, len(rig.mail_in())
+        assert len(rig.mail_in()) == N, len(rig.mail_in())
         wait_until(lambda: all(m["seen"] for m in rig.dv.messages()), 20,
-                   0.2, "all 200 \\Seen")
-        assert len(rig.dv.messages()) == 200
+                   0.2, "all %d \\Seen" % N)
+        assert len(rig.dv.messages()) == N
         r = rig.boss().get("/api/v1/quarantine")
         assert r.status == 200 and r.json["entries"] == [], r.json
         m = rig.metrics()
