@@ -1,8 +1,10 @@
 #!/bin/sh
 # run-dev.sh - `make run`: a private Redis under ./var, the private Kannel
-# of scripts/kannel-dev.sh under ./var/kannel (when Kannel is installed) and
-# the daemon on config/dev.conf, in the foreground. Ctrl-C stops the daemon
-# (it drains and exits), then Kannel and Redis.
+# of scripts/kannel-dev.sh under ./var/kannel (when Kannel is installed), the
+# private Dovecot and SMTP sink of scripts/mail-dev.sh under ./var/mail (when
+# Dovecot and aiosmtpd are installed) and the daemon on config/dev.conf, in
+# the foreground. Ctrl-C stops the daemon (it drains and exits), then the
+# mail servers, Kannel and Redis.
 set -eu
 cd "$(dirname "$0")/.."
 top=$(pwd)
@@ -18,10 +20,14 @@ redis-server --port 0 --unixsocket "$top/var/redis.sock" --unixsocketperm 700 \
     --dir "$top/var/redis" --logfile "$top/var/redis.log" --daemonize no &
 redis_pid=$!
 kannel=no
+mail=no
 cleaned=no
 cleanup() {
     [ "$cleaned" = no ] || return 0
     cleaned=yes
+    if [ "$mail" = yes ]; then
+        sh scripts/mail-dev.sh stop || true
+    fi
     if [ "$kannel" = yes ]; then
         sh scripts/kannel-dev.sh stop || true
     fi
@@ -57,6 +63,28 @@ else
     sms_note="$sms_note it): SMS sends fail and are retried"
 fi
 
+# E-mail: a private Dovecot (the support mailbox) and an SMTP sink. Without
+# them the daemon runs all the same; it logs that the mailbox cannot be
+# polled, and e-mail sends fail temporarily and are retried.
+if why=$(sh scripts/mail-dev.sh installed); then
+    mail=yes
+    if sh scripts/mail-dev.sh start; then
+        imap_port=$(sed -n 's/^IMAP_PORT=//p' var/mail/env)
+        smtp_port=$(sed -n 's/^SMTP_PORT=//p' var/mail/env)
+        mail_user=$(sed -n 's/^MAIL_USER=//p' var/mail/env)
+        mail_note="Dovecot imap://127.0.0.1:$imap_port ($mail_user),"
+        mail_note="$mail_note SMTP sink 127.0.0.1:$smtp_port (docs/email.md)"
+    else
+        mail_note="the dev mail servers did not start (logs in var/mail/):"
+        mail_note="$mail_note the mailbox is not polled, e-mail sends fail"
+        mail_note="$mail_note and are retried"
+    fi
+else
+    mail_note="not installed ($why; sh scripts/deps.sh installs"
+    mail_note="$mail_note it): the mailbox is not polled, e-mail sends fail"
+    mail_note="$mail_note and are retried"
+fi
+
 cat <<MSG
 
   switchboard is starting on config/dev.conf
@@ -64,7 +92,7 @@ cat <<MSG
   Browser:      http://127.0.0.1:8080/      log in as operator / operator
                                             (or agent / agent)
   Health:       http://127.0.0.1:8080/healthz   /readyz   /metrics
-  Outbox:       $top/var/outbox (e-mail in development)
+  E-mail:       $mail_note
   SMS:          $sms_note
   Redis:        redis-cli -s $top/var/redis.sock
 
@@ -74,10 +102,21 @@ cat <<MSG
     curl -s -H "Authorization: Bearer \$K" 'http://127.0.0.1:8080/api/v1/customers?phone=%2B79161234567'
     build/sbctl --token \$K timeline cu_1
 
-  Send an order notification (rendered into var/outbox, then in the timeline):
+  Send an order notification (e-mailed to the dev SMTP sink, then in the
+  timeline; scripts/mail-send --sent shows it):
     curl -s -H "Authorization: Bearer \$K" -d '{"event":"order.shipped","email":"ivan@example.com","locale":"ru","data":{"order":"A-42","carrier":"CDEK","tracking_url":"https://track.example/A-42"}}' http://127.0.0.1:8080/api/v1/notifications
     build/sbctl --token \$K notify nt_1
     redis-cli -s $top/var/redis.sock XADD sb:notify '*' event order.paid email ivan@example.com data '{"order":"A-42","amount":"1500.50","currency":"RUB"}'
+
+  Write to the support mailbox as a customer (a KOI8-R mail from
+  ivan@example.com), answer it in the agent console
+  (http://127.0.0.1:8080/console/ as operator: presence online, accept the
+  offer, reply), see the answer reach the SMTP sink with its In-Reply-To,
+  and answer that as the customer: it lands in the same conversation:
+    scripts/mail-send
+    scripts/mail-send --sent
+    scripts/mail-send --reply-to-last
+    scripts/mail-send --help      (another sender, subject, text, charset)
 
   Text the gateway as a customer, answer in the agent console
   (http://127.0.0.1:8080/console/ as operator: presence online, accept the
