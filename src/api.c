@@ -42,11 +42,45 @@ static const char *default_country(void)
 
 /* ---- helpers --------------------------------------------------------------- */
 
-static void unavailable(struct sb_http_req *req)
+void sb_api_unavailable(struct sb_http_req *req)
 {
     sb_http_add_header(req, "Retry-After", "1");
     sb_http_respond_error(req, 503, "redis unavailable", NULL);
 }
+
+int sb_api_limit(struct sb_http_req *req, int def, int max, int *out)
+{
+    char *l = sb_http_query(req, "limit");
+    long long n = def;
+    char msg[48];
+
+    if (l && (sb_parse_ll(l, &n) < 0 || n < 1 || n > max)) {
+        free(l);
+        snprintf(msg, sizeof(msg), "limit must be 1..%d", max);
+        sb_http_respond_error(req, 400, msg, "limit");
+        return -1;
+    }
+    free(l);
+    *out = (int)n;
+    return 0;
+}
+
+static void on_json_result(enum sb_store_status st, json_t *result,
+                           const char *err, void *arg);
+
+void sb_api_list(struct sb_http_req *req, sb_api_list_fn *fn)
+{
+    char *before;
+    int limit;
+
+    if (sb_api_limit(req, 50, 500, &limit) < 0)
+        return;
+    before = sb_http_query(req, "before");
+    if (fn(before, limit, on_json_result, req) < 0)
+        sb_api_unavailable(req);
+    free(before);
+}
+
 
 static void bad(struct sb_http_req *req, const struct sb_json_err *e)
 {
@@ -68,7 +102,7 @@ void sb_api_store_fail(struct sb_http_req *req, enum sb_store_status st,
         sb_http_respond_error(req, 400, err ? err : "invalid", NULL);
         break;
     default:
-        unavailable(req);
+        sb_api_unavailable(req);
         break;
     }
 }
@@ -121,7 +155,7 @@ static void h_readyz(struct sb_http_req *req)
         sb_http_respond(req, 200, NULL, ok, sizeof(ok) - 1);
         return;
     }
-    unavailable(req);
+    sb_api_unavailable(req);
 }
 
 static void h_metrics(struct sb_http_req *req)
@@ -278,7 +312,7 @@ static void h_contacts_post(struct sb_http_req *req)
     snprintf(c->channel, sizeof(c->channel), "%s", in.channel);
     if (sb_contact_ingest(&in, on_ingested, c) < 0) {
         free(c);
-        unavailable(req);
+        sb_api_unavailable(req);
     }
     free(extra_s);
     json_decref(j);
@@ -309,7 +343,7 @@ static void h_customers_find(struct sb_http_req *req)
         goto out;
     }
     if (sb_customer_find(type, norm, on_json_result, req) < 0)
-        unavailable(req);
+        sb_api_unavailable(req);
 out:
     free(email);
     free(phone);
@@ -318,7 +352,7 @@ out:
 static void h_customer_get(struct sb_http_req *req)
 {
     if (sb_customer_get(req->params[0], on_json_result, req) < 0)
-        unavailable(req);
+        sb_api_unavailable(req);
 }
 
 static int user_exists(const char *name)
@@ -494,7 +528,7 @@ static void h_customer_put(struct sb_http_req *req)
         goto out;
     }
     if (sb_customer_update(req->params[0], patch, on_json_result, req) < 0)
-        unavailable(req);
+        sb_api_unavailable(req);
     goto out;
 bad:
     bad(req, &e);
@@ -514,24 +548,16 @@ static int valid_stream_id(const char *s)
 
 static int timeline_args(struct sb_http_req *req, char **before, int *limit)
 {
-    char *l = sb_http_query(req, "limit");
-    long long n = 50;
-
     *before = sb_http_query(req, "before");
     if (*before && !valid_stream_id(*before)) {
         sb_http_respond_error(req, 400, "before must be a contact id",
                               "before");
         goto fail;
     }
-    if (l && (sb_parse_ll(l, &n) < 0 || n < 1 || n > 200)) {
-        sb_http_respond_error(req, 400, "limit must be 1..200", "limit");
+    if (sb_api_limit(req, 50, 200, limit) < 0)
         goto fail;
-    }
-    free(l);
-    *limit = (int)n;
     return 0;
 fail:
-    free(l);
     free(*before);
     *before = NULL;
     return -1;
@@ -546,7 +572,7 @@ static void h_customer_timeline(struct sb_http_req *req)
         return;
     if (sb_timeline_customer(req->params[0], before, limit, on_json_result,
                              req) < 0)
-        unavailable(req);
+        sb_api_unavailable(req);
     free(before);
 }
 
@@ -559,7 +585,7 @@ static void h_conversation_timeline(struct sb_http_req *req)
         return;
     if (sb_timeline_conversation(req->params[0], before, limit,
                                  on_json_result, req) < 0)
-        unavailable(req);
+        sb_api_unavailable(req);
     free(before);
 }
 
@@ -584,7 +610,7 @@ static void h_customer_merge(struct sb_http_req *req)
     SB_INFO(API_PLACE, "merge into=%s from=%s by=%s", req->params[0], from,
             req->who.name);
     if (sb_customer_merge(req->params[0], from, on_json_result, req) < 0)
-        unavailable(req);
+        sb_api_unavailable(req);
     json_decref(j);
 }
 
@@ -609,8 +635,7 @@ static void on_proposals(enum sb_store_status st, json_t *result,
 static void h_log(struct sb_http_req *req)
 {
     char *after = sb_http_query(req, "after");
-    char *l = sb_http_query(req, "limit");
-    long long n = 100;
+    int n;
 
     /* A contact id, or a bare time in ms: everything after it. */
     if (after && !valid_stream_id(after) &&
@@ -619,25 +644,23 @@ static void h_log(struct sb_http_req *req)
         sb_http_respond_error(req, 400,
                               "after must be a contact id or a time in ms",
                               "after");
-    } else if (l && (sb_parse_ll(l, &n) < 0 || n < 1 || n > 1000)) {
-        sb_http_respond_error(req, 400, "limit must be 1..1000", "limit");
-    } else if (sb_log_read(after, (int)n, on_json_result, req) < 0) {
-        unavailable(req);
+    } else if (sb_api_limit(req, 100, 1000, &n) == 0 &&
+               sb_log_read(after, n, on_json_result, req) < 0) {
+        sb_api_unavailable(req);
     }
     free(after);
-    free(l);
 }
 
 static void h_merge_proposals(struct sb_http_req *req)
 {
     if (sb_merge_proposals(req->params[0], on_proposals, req) < 0)
-        unavailable(req);
+        sb_api_unavailable(req);
 }
 
 static void h_conversation_get(struct sb_http_req *req)
 {
     if (sb_conversation_get(req->params[0], on_json_result, req) < 0)
-        unavailable(req);
+        sb_api_unavailable(req);
 }
 
 /* A provider's callback: /webhooks/<driver>/<a>[/<b>] goes to the running

@@ -47,6 +47,20 @@ void sb_api_quarantine_replay(struct sb_http_req *req);
 void sb_api_contact_html(struct sb_http_req *req);
 void sb_api_contact_attachment(struct sb_http_req *req);
 
+/* 503 "redis unavailable" with Retry-After: 1 (nothing was written). */
+void sb_api_unavailable(struct sb_http_req *req);
+
+/* The "limit" query parameter into *out (def when absent). 0, or -1 after
+ * answering 400 "limit must be 1..max". */
+int sb_api_limit(struct sb_http_req *req, int def, int max, int *out);
+
+/* A list route over a store-style call: ?before= (passed as is, NULL when
+ * absent) and ?limit= (1..500, default 50); the JSON result is the
+ * answer. */
+typedef int sb_api_list_fn(const char *before, int limit,
+                           sb_store_json_cb *cb, void *arg);
+void sb_api_list(struct sb_http_req *req, sb_api_list_fn *fn);
+
 /* Hand a contact's conversation to the router when ingest says it needs
  * one (res->needs_route); logs a failure, never blocks the answer. */
 void sb_api_route_after_ingest(const struct sb_contact_result *res);

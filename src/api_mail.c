@@ -16,12 +16,6 @@
 #include "mailin.h"
 #include "util.h"
 
-static void am_unavailable(struct sb_http_req *req)
-{
-    sb_http_add_header(req, "Retry-After", "1");
-    sb_http_respond_error(req, 503, "redis unavailable", NULL);
-}
-
 static void am_json(enum sb_store_status st, json_t *res, const char *err,
                     void *arg)
 {
@@ -34,34 +28,19 @@ static void am_json(enum sb_store_status st, json_t *res, const char *err,
 
 void sb_api_quarantine_list(struct sb_http_req *req)
 {
-    char *before = sb_http_query(req, "before");
-    char *lim = sb_http_query(req, "limit");
-    long long limit = 50;
-    int r;
-
-    if (lim && (sb_parse_ll(lim, &limit) < 0 || limit < 1 || limit > 500)) {
-        free(before);
-        free(lim);
-        sb_http_respond_error(req, 400, "limit must be 1..500", "limit");
-        return;
-    }
-    r = sb_mailin_q_list(before, (int)limit, am_json, req);
-    free(before);
-    free(lim);
-    if (r < 0)
-        am_unavailable(req);
+    sb_api_list(req, sb_mailin_q_list);
 }
 
 void sb_api_quarantine_show(struct sb_http_req *req)
 {
     if (sb_mailin_q_show(req->params[0], am_json, req) < 0)
-        am_unavailable(req);
+        sb_api_unavailable(req);
 }
 
 void sb_api_quarantine_replay(struct sb_http_req *req)
 {
     if (sb_mailin_q_replay(req->params[0], am_json, req) < 0)
-        am_unavailable(req);
+        sb_api_unavailable(req);
 }
 
 /* ---- a contact's HTML and attachments ---------------------------------- */
@@ -113,7 +92,7 @@ static void on_blob(enum sb_store_status st, const char *data, size_t len,
                               "expired)",
                               NULL);
     } else if (st != SB_STORE_OK) {
-        am_unavailable(req);
+        sb_api_unavailable(req);
     } else {
         sb_http_add_header(req, "X-Content-Type-Options", "nosniff");
         sb_http_add_header(req, "Cache-Control", "private, no-store");
@@ -188,7 +167,7 @@ static void on_contact(enum sb_store_status st, json_t *res, const char *err,
         sb_http_respond_error(g->req, 404, "no such content", NULL);
         am_get_free(g);
     } else if (r < 0) {
-        am_unavailable(g->req);
+        sb_api_unavailable(g->req);
         am_get_free(g);
     }
 }
@@ -202,7 +181,7 @@ static void get_content(struct sb_http_req *req, int html, long long n)
     g->n = n;
     if (sb_contact_get(req->params[0], on_contact, g) < 0) {
         am_get_free(g);
-        am_unavailable(req);
+        sb_api_unavailable(req);
     }
 }
 

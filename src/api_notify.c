@@ -21,12 +21,6 @@
 #include "notify.h"
 #include "util.h"
 
-static void an_unavailable(struct sb_http_req *req)
-{
-    sb_http_add_header(req, "Retry-After", "1");
-    sb_http_respond_error(req, 503, "redis unavailable", NULL);
-}
-
 static void an_reply(struct sb_http_req *req, int status,
                      enum sb_store_status st, json_t *res, const char *err,
                      const char *what)
@@ -68,49 +62,34 @@ void sb_api_notify_post(struct sb_http_req *req)
     r = sb_notify_submit(&in, an_accepted, req);
     sb_ntf_in_free(&in);
     if (r < 0)
-        an_unavailable(req);
+        sb_api_unavailable(req);
 }
 
 void sb_api_notify_get(struct sb_http_req *req)
 {
     if (sb_notify_get(req->params[0], an_ok, req) < 0)
-        an_unavailable(req);
+        sb_api_unavailable(req);
 }
 
 void sb_api_notify_queues(struct sb_http_req *req)
 {
     if (sb_notify_stats(an_ok, req) < 0)
-        an_unavailable(req);
+        sb_api_unavailable(req);
 }
 
 void sb_api_dlq_list(struct sb_http_req *req)
 {
-    char *before = sb_http_query(req, "before");
-    char *lim = sb_http_query(req, "limit");
-    long long limit = 50;
-    int r;
-
-    if (lim && (sb_parse_ll(lim, &limit) < 0 || limit < 1 || limit > 500)) {
-        free(before);
-        free(lim);
-        sb_http_respond_error(req, 400, "limit must be 1..500", "limit");
-        return;
-    }
-    r = sb_notify_dlq_list(before, (int)limit, an_ok, req);
-    free(before);
-    free(lim);
-    if (r < 0)
-        an_unavailable(req);
+    sb_api_list(req, sb_notify_dlq_list);
 }
 
 void sb_api_dlq_retry(struct sb_http_req *req)
 {
     if (sb_notify_dlq_retry(req->params[0], an_ok, req) < 0)
-        an_unavailable(req);
+        sb_api_unavailable(req);
 }
 
 void sb_api_dlq_drop(struct sb_http_req *req)
 {
     if (sb_notify_dlq_drop(req->params[0], an_ok, req) < 0)
-        an_unavailable(req);
+        sb_api_unavailable(req);
 }

@@ -22,11 +22,6 @@
 
 #define AR_PLACE "core.api"
 
-static void unavailable(struct sb_http_req *req)
-{
-    sb_http_add_header(req, "Retry-After", "1");
-    sb_http_respond_error(req, 503, "redis unavailable", NULL);
-}
 
 /* Map a router/store completion to an answer. */
 static void on_result(enum sb_store_status st, json_t *result,
@@ -89,13 +84,13 @@ static const char *opt_str(json_t *j, const char *key)
 void sb_api_queues(struct sb_http_req *req)
 {
     if (sb_router_queues(on_result, req) < 0)
-        unavailable(req);
+        sb_api_unavailable(req);
 }
 
 void sb_api_agents(struct sb_http_req *req)
 {
     if (sb_router_agents(on_result, req) < 0)
-        unavailable(req);
+        sb_api_unavailable(req);
 }
 
 void sb_api_conversations(struct sb_http_req *req)
@@ -106,9 +101,7 @@ void sb_api_conversations(struct sb_http_req *req)
     char *state = sb_http_query(req, "state");
     char *queue = sb_http_query(req, "queue");
     char *agent = sb_http_query(req, "agent");
-    char *limit = sb_http_query(req, "limit");
-    long long n = 100;
-    int ok = 0;
+    int n, ok = 0;
 
     if (state) {
         for (int i = 0; states[i]; i++)
@@ -122,21 +115,18 @@ void sb_api_conversations(struct sb_http_req *req)
             goto out;
         }
     }
-    if (limit && (sb_parse_ll(limit, &n) < 0 || n < 1 || n > 500)) {
-        sb_http_respond_error(req, 400, "limit must be 1..500", "limit");
+    if (sb_api_limit(req, 100, 500, &n) < 0)
         goto out;
-    }
     f.state = state;
     f.queue = queue;
     f.agent = agent;
     f.limit = (int)n;
     if (sb_router_conversations(&f, on_result, req) < 0)
-        unavailable(req);
+        sb_api_unavailable(req);
 out:
     free(state);
     free(queue);
     free(agent);
-    free(limit);
 }
 
 /* ---- presence ------------------------------------------------------------ */
@@ -161,7 +151,7 @@ void sb_api_presence(struct sb_http_req *req)
         sb_http_respond_error(req, 403, "agents set only their own presence",
                               NULL);
     } else if (sb_router_presence(agent, state, on_result, req) < 0) {
-        unavailable(req);
+        sb_api_unavailable(req);
     }
     json_decref(j);
 }
@@ -210,7 +200,7 @@ static void h_step(struct sb_http_req *req, int step)
         sc->step = step;
         if (sb_conversation_get(req->params[0], on_step_conv, sc) < 0) {
             free(sc);
-            unavailable(req);
+            sb_api_unavailable(req);
         }
         return;
     }
@@ -269,7 +259,7 @@ static void h_step_run(struct sb_http_req *req, int step)
         break;
     }
     if (r < 0)
-        unavailable(req);
+        sb_api_unavailable(req);
 out:
     json_decref(j);
 }
@@ -342,7 +332,7 @@ void sb_api_note(struct sb_http_req *req)
     in.text_len = strlen(text);
     in.agent = req->who.name;
     if (sb_contact_ingest(&in, on_note, req) < 0)
-        unavailable(req);
+        sb_api_unavailable(req);
     json_decref(j);
 }
 
@@ -386,7 +376,7 @@ void sb_api_reply(struct sb_http_req *req)
     if (sb_outbound_reply(req->params[0], req->who.name,
                           sb_auth_display_name(req->who.name), text, cid,
                           on_reply, req) < 0)
-        unavailable(req);
+        sb_api_unavailable(req);
     json_decref(j);
 }
 

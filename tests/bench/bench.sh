@@ -31,10 +31,16 @@
 # straight to Kannel's sendsms; and fakesmsc MO messages -> contacts/s;
 # about 2 minutes).
 #
+# Then e-mail: tests/bench/email/email.sh (corpus parse+ingest and 5,000
+# IMAP fetches from a private Dovecot; 10,000 notifications over SMTP to
+# Postfix's smtp-sink side by side with smtp-source; last line "email: ...";
+# 2 to 4 minutes; see tests/bench/email/README.md).
+#
 # Environment: SB_BIN (default build/switchboard), BENCH_DURATION (10s),
 # BENCH_CONNS (64), BENCH_RUNS (3), BENCH_CHAT (1; 0 skips the chat part),
 # BENCH_NOTIFY (1; 0 skips the notification part), BENCH_SMS (1; 0 skips
-# the SMS part), and the CHAT_* and
+# the SMS part), BENCH_EMAIL (1; 0 skips the e-mail part), the EMAIL_*
+# variables of tests/bench/email/email.sh, and the CHAT_* and
 # NOTIFY_* variables of tests/bench/chat/chat.sh and
 # tests/bench/notify/notify.sh.
 cd "$(dirname "$0")/../.." || exit 1
@@ -233,7 +239,7 @@ status=$?
 
 # --- the chat and notification benchmarks, each with its own servers
 if [ "${BENCH_CHAT:-1}" != 0 ] || [ "${BENCH_NOTIFY:-1}" != 0 ] ||
-    [ "${BENCH_SMS:-1}" != 0 ]; then
+    [ "${BENCH_SMS:-1}" != 0 ] || [ "${BENCH_EMAIL:-1}" != 0 ]; then
     cleanup
     trap - EXIT
 fi
@@ -248,5 +254,9 @@ fi
 if [ "${BENCH_SMS:-1}" != 0 ]; then
     echo
     SB_BIN="$SB_BIN" sh tests/bench/sms/sms.sh || status=1
+fi
+if [ "${BENCH_EMAIL:-1}" != 0 ]; then
+    echo
+    SB_BIN="$SB_BIN" sh tests/bench/email/email.sh || status=1
 fi
 exit $status
