@@ -1736,3 +1736,53 @@ Content-Transfer-Encoding: base64
         assert_exactly_once(rig, mids + ["large1@customer.test"])
         r = rig.boss().get("/api/v1/quarantine")
         assert r.status == 200 and r.json["entries"] == [], r.json
+
+
+@timeout(120)
+def test_after_move_and_sbctl_quarantine():
+    """[mailbox] after = move: what is in the log leaves INBOX for the
+    folder named by move_to (the quarantined message too: it is done for
+    the mailbox). sbctl quarantine list / show / replay work on it."""
+    with MailRig(start=False,
+                 mailbox={"after": "move", "move_to": "Processed"}) as rig:
+        rig.dv.add_folder("Processed")
+        rig.dv.deliver(mail("Ivan <ivan@customer.test>", "moved", "text",
+                            "mv-1@customer.test"))
+        rig.dv.deliver(nesting_bomb(100, "mv-bomb@customer.test"))
+        rig.start()
+        rig.wait_mail("mv-1@customer.test")
+        wait_until(lambda: sorted(
+            (m["folder"], m["message_id"]) for m in rig.dv.messages()) == [
+            ("Processed", "mv-1@customer.test"),
+            ("Processed", "mv-bomb@customer.test")], 20, 0.1,
+            "both messages moved to Processed")
+
+        env = rig.env
+        sbctl = os.path.join(os.path.dirname(harness.SB_BIN), "sbctl")
+        if not os.access(sbctl, os.X_OK):
+            sbctl = os.path.join(harness.ROOT, "build", "sbctl")
+        run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                   "HOME": env.tmp,
+                   "SB_URL": "http://127.0.0.1:%d" % env.port,
+                   "SB_TOKEN": env.key("boss")}
+
+        def sb(*args):
+            p = subprocess.run([sbctl] + list(args), env=run_env,
+                               capture_output=True, timeout=30)
+            return p.returncode, p.stdout.decode(), p.stderr.decode()
+
+        rc, out, err = sb("quarantine", "list")
+        assert rc == 0, (rc, out, err)
+        m = re.search(r"\b(mq_\d+)\b", out)
+        assert m and "nesting deeper than" in out, out
+        qid = m.group(1)
+        rc, out, err = sb("quarantine", "show", qid)
+        assert rc == 0 and "mv-bomb@customer.test" in out, (rc, out, err)
+        assert "reason:" in out and "nesting" in out, out
+        # replay: still too deep, stays, with one more try
+        rc, out, err = sb("quarantine", "replay", qid)
+        assert rc == 0 and "quarantined" in out, (rc, out, err)
+        rc, out, err = sb("--json", "quarantine", "show", qid)
+        assert rc == 0 and json.loads(out)["tries"] == 2, out
+        rc, out, err = sb("quarantine", "show", "mq_999")
+        assert rc == 1, (rc, out, err)
