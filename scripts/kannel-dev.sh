@@ -27,9 +27,9 @@
 # programs are there, else prints what is missing and exits 1.
 set -eu
 cd "$(dirname "$0")/.."
-top=$(pwd)
-dir=$top/var/kannel
-conf=${SB_DEV_CONF:-config/dev.conf}
+# shellcheck source=scripts/devlib.sh
+. scripts/devlib.sh
+dev_init kannel-dev var/kannel
 template=config/kannel-dev.conf.in
 
 BEARERBOX=${SB_KANNEL_BEARERBOX:-/usr/sbin/bearerbox}
@@ -43,11 +43,11 @@ MO_PORT=13003
 ADMIN_PASSWORD=sbdev-admin
 PROVIDER=kannel
 PARTS="bearerbox smsbox fakesmsc-mt fakesmsc-mo"
-
-die() {
-    echo "kannel-dev: $*" >&2
-    exit 1
-}
+# smsbox first (it hands what it holds to bearerbox), then bearerbox; the
+# fakesmsc usually leave with it. bearerbox gets a second SIGTERM: after the
+# first it waits for its queues to drain.
+STOP_ORDER="smsbox bearerbox fakesmsc-mt fakesmsc-mo"
+TERM_TWICE=bearerbox
 
 is_installed() {
     for f in "$BEARERBOX" "$SMSBOX" "$FAKESMSC"; do
@@ -57,41 +57,6 @@ is_installed() {
         fi
     done
     return 0
-}
-
-# conf_get SECTION KEY: the value of KEY in [SECTION] of $conf (quotes
-# around the section name or the value removed), empty when unset.
-conf_get() {
-    awk -v want="$1" -v key="$2" '
-        function trim(s) { sub(/^[ \t]+/, "", s); sub(/[ \t\r]+$/, "", s);
-                           return s }
-        /^[ \t]*[#;]/ { next }
-        /^[ \t]*\[/ {
-            s = $0; sub(/^[ \t]*\[/, "", s); sub(/\][ \t\r]*$/, "", s)
-            gsub(/"/, "", s); gsub(/[ \t]+/, " ", s); sec = trim(s); next
-        }
-        sec == want {
-            i = index($0, "=")
-            if (i == 0) next
-            if (trim(substr($0, 1, i - 1)) != key) next
-            v = trim(substr($0, i + 1))
-            if (v ~ /^".*"$/) v = substr(v, 2, length(v) - 2)
-            print v; exit
-        }' "$conf"
-}
-
-# A secret written "@PATH" is read from that file (first line), as the
-# daemon does; a relative PATH is next to the config file.
-secret_value() {
-    case $1 in
-        @*)
-            sv=${1#@}
-            case $sv in /*) ;; *) sv=$(dirname "$conf")/$sv ;; esac
-            [ -r "$sv" ] || die "cannot read $sv (a secret of $conf)"
-            head -n 1 "$sv" | tr -d '\r' | sed 's/^[ \t]*//; s/[ \t]*$//'
-            ;;
-        *) printf '%s\n' "$1" ;;
-    esac
 }
 
 # The values Kannel shares with the daemon's [sms-provider kannel].
@@ -109,8 +74,7 @@ load_conf() {
     [ -n "$public" ] || public=$(conf_get http public_url)
     [ -n "$public" ] || public=http://127.0.0.1:8080
     public=${public%/}
-    SENDSMS_PORT=$(printf '%s\n' "$url" |
-        sed -n 's|^http://127\.0\.0\.1:\([0-9][0-9]*\)/.*|\1|p')
+    SENDSMS_PORT=$(loopback_port http "$url")
     [ -n "$SENDSMS_PORT" ] ||
         die "[$sec] url must be http://127.0.0.1:PORT/... for the dev Kannel"
     if [ -z "$SMS_USER" ] || [ -z "$PASSWORD" ] || [ -z "$SECRET" ] ||
@@ -132,28 +96,13 @@ load_conf() {
     POST_URL="$POST_URL&from=%p&to=%P&time=%t&ts=%T&id=%I&coding=%c&charset=%C"
 }
 
-pid_of() {
-    [ -s "$dir/$1.pid" ] && cat "$dir/$1.pid"
-}
-
-# alive NAME: the PID in NAME.pid runs the program NAME stands for (a PID
-# reused by something else does not count).
-alive() {
-    a_pid=$(pid_of "$1") || return 1
-    a_comm=$(cat "/proc/$a_pid/comm" 2>/dev/null) || return 1
+# part_is NAME PID COMM: the fakesmsc parts run fakesmsc, the others the
+# program they are named after.
+part_is() {
     case $1 in
-        fakesmsc-*) [ "$a_comm" = fakesmsc ] ;;
-        *) [ "$a_comm" = "$1" ] ;;
+        fakesmsc-*) [ "$3" = fakesmsc ] ;;
+        *) [ "$3" = "$1" ] ;;
     esac
-}
-
-any_alive() {
-    for n in $PARTS; do
-        if alive "$n"; then
-            return 0
-        fi
-    done
-    return 1
 }
 
 status_txt() {
@@ -170,70 +119,8 @@ ready() {
     curl -s --max-time 2 -o /dev/null "http://127.0.0.1:$SENDSMS_PORT/"
 }
 
-port_busy() {
-    python3 - "$1" <<'PY'
-import socket, sys
-s = socket.socket()
-s.settimeout(1.0)
-try:
-    s.connect(("127.0.0.1", int(sys.argv[1])))
-except OSError:
-    sys.exit(1)
-finally:
-    s.close()
-PY
-}
-
-# spawn NAME LOG STDIN PROGRAM ARGS...: in a session of its own (Ctrl-C in
-# the terminal of `make run` does not reach it; stop does), PID in
-# NAME.pid. STDIN is "fifo" (mo.fifo, read-write) or "null".
-spawn() {
-    s_name=$1 s_log=$2 s_in=$3
-    shift 3
-    if [ "$s_in" = fifo ]; then
-        setsid "$@" >>"$s_log" 2>&1 0<>"$dir/mo.fifo" &
-    else
-        setsid "$@" >>"$s_log" 2>&1 </dev/null &
-    fi
-    echo $! >"$dir/$s_name.pid"
-}
-
-# stop_part NAME: SIGTERM (bearerbox gets a second one after 0.5 s: after
-# the first it waits for its queues to drain), SIGKILL after 10 s; only a
-# live NAME is signalled.
-stop_part() {
-    if ! alive "$1"; then
-        rm -f "$dir/$1.pid"
-        return 0
-    fi
-    k_pid=$(pid_of "$1")
-    kill -TERM "$k_pid" 2>/dev/null || true
-    k_i=0
-    while alive "$1"; do
-        k_i=$((k_i + 1))
-        if [ "$1" = bearerbox ] && [ "$k_i" -eq 5 ]; then
-            kill -TERM "$k_pid" 2>/dev/null || true
-        fi
-        if [ "$k_i" -ge 100 ]; then
-            kill -KILL "$k_pid" 2>/dev/null || true
-            sleep 0.1
-            break
-        fi
-        sleep 0.1
-    done
-    rm -f "$dir/$1.pid"
-}
-
-# smsbox first (it hands what it holds to bearerbox), then bearerbox; the
-# fakesmsc usually leave with it.
-stop_all() {
-    for n in smsbox bearerbox fakesmsc-mt fakesmsc-mo; do
-        stop_part "$n"
-    done
-}
-
 render() {
-    esc_url=$(printf '%s' "$POST_URL" | sed 's/[&|\\]/\\&/g')
+    esc_url=$(esc "$POST_URL")
     sed -e "s|@DIR@|$dir|g" \
         -e "s|@ADMIN_PORT@|$ADMIN_PORT|g" \
         -e "s|@ADMIN_PASSWORD@|$ADMIN_PASSWORD|g" \
@@ -254,25 +141,17 @@ cmd_start() {
     load_conf
     mkdir -p "$dir"
     (umask 077 && render >"$dir/kannel.conf.new")
-    if any_alive; then
-        # every part up with the same config: nothing to do
-        if ready && cmp -s "$dir/kannel.conf.new" "$dir/kannel.conf"; then
-            rm -f "$dir/kannel.conf.new"
-            echo "kannel-dev: already running (scripts/kannel-dev.sh status)"
-            return 0
-        fi
-        echo "kannel-dev: stopping the Kannel of an earlier run" >&2
-        stop_all
+    # every part up with the same config: nothing to do
+    if already_up ready Kannel "$dir/kannel.conf"; then
+        return 0
     fi
-    for p in "$ADMIN_PORT" "$SMSBOX_PORT" "$MT_PORT" "$MO_PORT" \
-             "$SENDSMS_PORT"; do
-        if port_busy "$p"; then
-            rm -f "$dir/kannel.conf.new"
-            die "127.0.0.1:$p is taken by another program; the dev Kannel" \
-                "needs $ADMIN_PORT-$MO_PORT and $SENDSMS_PORT"
-        fi
-    done
-    mv "$dir/kannel.conf.new" "$dir/kannel.conf"
+    if p=$(first_busy "$ADMIN_PORT" "$SMSBOX_PORT" "$MT_PORT" "$MO_PORT" \
+        "$SENDSMS_PORT"); then
+        drop_new "$dir/kannel.conf"
+        die "127.0.0.1:$p is taken by another program; the dev Kannel" \
+            "needs $ADMIN_PORT-$MO_PORT and $SENDSMS_PORT"
+    fi
+    keep_new "$dir/kannel.conf"
     [ -e "$dir/kannel.store" ] || : >"$dir/kannel.store"
     {
         echo "ADMIN_PORT=$ADMIN_PORT"
@@ -290,7 +169,7 @@ cmd_start() {
     i=0
     until status_txt >/dev/null; do
         i=$((i + 1))
-        if [ "$i" -gt 200 ] || ! alive bearerbox; then
+        if [ "$i" -gt 200 ] || ! starting bearerbox; then
             tail -n 20 "$dir/bearerbox.out" "$dir/bearerbox.log" >&2 || true
             stop_all
             die "bearerbox did not start (see var/kannel/bearerbox.log)"
@@ -302,63 +181,27 @@ cmd_start() {
     spawn fakesmsc-mt "$dir/mt.log" null "$FAKESMSC" -H 127.0.0.1 \
         -r "$MT_PORT" -m 0 -v 0 -D receive "0 0 text unused"
     # interactive: one MO per line of its stdin; "-i 0": no pacing
-    spawn fakesmsc-mo "$dir/mo.log" fifo "$FAKESMSC" -H 127.0.0.1 \
+    spawn fakesmsc-mo "$dir/mo.log" "$dir/mo.fifo" "$FAKESMSC" -H 127.0.0.1 \
         -r "$MO_PORT" -i 0 -v 1
-    i=0
-    until ready; do
-        i=$((i + 1))
-        for n in $PARTS; do
-            if ! alive "$n"; then
-                echo "kannel-dev: $n exited (logs in var/kannel/)" >&2
-                i=1000
-            fi
-        done
-        if [ "$i" -gt 200 ]; then
-            stop_all
-            die "Kannel not ready after 20 s (logs in var/kannel/)"
-        fi
-        sleep 0.1
-    done
+    if ! wait_up ready starting "logs in var/kannel/"; then
+        stop_all
+        die "Kannel not ready after 20 s (logs in var/kannel/)"
+    fi
     echo "kannel-dev: running; sendsms on 127.0.0.1:$SENDSMS_PORT, short" \
          "number $NUMBER, MO posted to $public/webhooks/sms/$PROVIDER"
 }
 
 cmd_stop() {
-    [ -d "$dir" ] || return 0
-    stop_all
-    rm -f "$dir/mo.fifo" "$dir/env"
-    echo "kannel-dev: stopped"
+    dev_stop "$dir/mo.fifo" "$dir/env"
 }
 
 cmd_status() {
     rc=0
-    for n in $PARTS; do
-        if alive "$n"; then
-            echo "$n: running, pid $(pid_of "$n")"
-        else
-            echo "$n: not running"
-            rc=1
-        fi
-    done
+    parts_status || rc=1
     if st=$(status_txt); then
         printf '%s\n' "$st" | grep -E '^ *(fake(mt|mo)\[|smsbox:)' || true
     fi
     return "$rc"
 }
 
-case ${1:-} in
-    start) cmd_start ;;
-    stop) cmd_stop ;;
-    status) cmd_status ;;
-    installed)
-        if reason=$(is_installed); then
-            exit 0
-        fi
-        echo "$reason"
-        exit 1
-        ;;
-    *)
-        echo "usage: scripts/kannel-dev.sh start|stop|status|installed" >&2
-        exit 2
-        ;;
-esac
+dev_main "$@"

@@ -34,12 +34,12 @@
 # what is missing and exits 1. Both parts are started and stopped together.
 set -eu
 cd "$(dirname "$0")/.."
-top=$(pwd)
-dir=$top/var/mail
+# shellcheck source=scripts/devlib.sh
+. scripts/devlib.sh
+dev_init mail-dev var/mail
 ddir=$dir/dovecot
 mdir=$dir/maildir
 sent=$dir/sent
-conf=${SB_DEV_CONF:-config/dev.conf}
 template=config/dovecot-dev.conf.in
 
 DOVECOT=${SB_DOVECOT:-/usr/sbin/dovecot}
@@ -48,11 +48,6 @@ PYTHON=/usr/bin/python3
 SINK=$top/tests/integration/smtpsink.py
 MAILBOX=support
 PARTS="dovecot smtpsink"
-
-die() {
-    echo "mail-dev: $*" >&2
-    exit 1
-}
 
 is_installed() {
     if [ ! -x "$DOVECOT" ]; then
@@ -71,41 +66,6 @@ is_installed() {
     return 0
 }
 
-# conf_get SECTION KEY: the value of KEY in [SECTION] of $conf (quotes
-# around the section name or the value removed), empty when unset.
-conf_get() {
-    awk -v want="$1" -v key="$2" '
-        function trim(s) { sub(/^[ \t]+/, "", s); sub(/[ \t\r]+$/, "", s);
-                           return s }
-        /^[ \t]*[#;]/ { next }
-        /^[ \t]*\[/ {
-            s = $0; sub(/^[ \t]*\[/, "", s); sub(/\][ \t\r]*$/, "", s)
-            gsub(/"/, "", s); gsub(/[ \t]+/, " ", s); sec = trim(s); next
-        }
-        sec == want {
-            i = index($0, "=")
-            if (i == 0) next
-            if (trim(substr($0, 1, i - 1)) != key) next
-            v = trim(substr($0, i + 1))
-            if (v ~ /^".*"$/) v = substr(v, 2, length(v) - 2)
-            print v; exit
-        }' "$conf"
-}
-
-# A secret written "@PATH" is read from that file (first line), as the
-# daemon does; a relative PATH is next to the config file.
-secret_value() {
-    case $1 in
-        @*)
-            sv=${1#@}
-            case $sv in /*) ;; *) sv=$(dirname "$conf")/$sv ;; esac
-            [ -r "$sv" ] || die "cannot read $sv (a secret of $conf)"
-            head -n 1 "$sv" | tr -d '\r' | sed 's/^[ \t]*//; s/[ \t]*$//'
-            ;;
-        *) printf '%s\n' "$1" ;;
-    esac
-}
-
 # The values Dovecot and the sink share with the daemon's [mailbox
 # support] and [email]; the account the Dovecot processes run as.
 load_conf() {
@@ -113,8 +73,7 @@ load_conf() {
     sec="mailbox $MAILBOX"
     url=$(conf_get "$sec" url)
     [ -n "$url" ] || die "$conf has no [$sec] with a url"
-    IMAP_PORT=$(printf '%s\n' "$url" |
-        sed -n 's|^imap://127\.0\.0\.1:\([0-9][0-9]*\)/.*|\1|p')
+    IMAP_PORT=$(loopback_port imap "$url")
     [ -n "$IMAP_PORT" ] ||
         die "[$sec] url must be imap://127.0.0.1:PORT/INBOX for the dev" \
             "Dovecot (it has no TLS)"
@@ -166,66 +125,18 @@ load_conf() {
             "at most): check the repository out nearer to /"
 }
 
-pid_of() {
-    [ -s "$dir/$1.pid" ] && cat "$dir/$1.pid"
-}
-
-# running PID: PID is a process that has not exited (a zombie has).
-running() {
-    r_stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-    r_stat=${r_stat##*) }
-    [ "${r_stat%% *}" != Z ]
-}
-
-# alive NAME: the PID in NAME.pid runs the program NAME stands for (a PID
-# reused by something else does not count).
-alive() {
-    a_pid=$(pid_of "$1") || return 1
-    running "$a_pid" || return 1
-    a_comm=$(cat "/proc/$a_pid/comm" 2>/dev/null) || return 1
+# part_is NAME PID COMM: dovecot is the Dovecot master, smtpsink python3
+# running smtpsink.py.
+part_is() {
     case $1 in
-        dovecot) [ "$a_comm" = dovecot ] ;;
+        dovecot) [ "$3" = dovecot ] ;;
         smtpsink)
-            [ "$a_comm" = python3 ] || return 1
-            tr '\0' ' ' <"/proc/$a_pid/cmdline" 2>/dev/null |
+            [ "$3" = python3 ] || return 1
+            tr '\0' ' ' <"/proc/$2/cmdline" 2>/dev/null |
                 grep -q 'smtpsink\.py'
             ;;
         *) return 1 ;;
     esac
-}
-
-# starting NAME: NAME.pid is still setsid or setpriv, about to exec NAME,
-# or already NAME.
-starting() {
-    s_pid=$(pid_of "$1") || return 1
-    running "$s_pid" || return 1
-    case $(cat "/proc/$s_pid/comm" 2>/dev/null) in
-        setsid|setpriv) return 0 ;;
-    esac
-    alive "$1"
-}
-
-any_alive() {
-    for n in $PARTS; do
-        if alive "$n"; then
-            return 0
-        fi
-    done
-    return 1
-}
-
-port_busy() {
-    "$PYTHON" - "$1" <<'PY'
-import socket, sys
-s = socket.socket()
-s.settimeout(1.0)
-try:
-    s.connect(("127.0.0.1", int(sys.argv[1])))
-except OSError:
-    sys.exit(1)
-finally:
-    s.close()
-PY
 }
 
 # imap_login: the dev user logs in (and the mailbox opens) over IMAP.
@@ -242,6 +153,10 @@ sink_ready() {
     alive smtpsink && [ -s "$sent/ready" ] && port_busy "$SMTP_PORT"
 }
 
+ready() {
+    dovecot_ready && sink_ready
+}
+
 # as_run_user CMD...: CMD as the account Dovecot runs as.
 as_run_user() {
     if [ "$(id -u)" = 0 ]; then
@@ -249,40 +164,6 @@ as_run_user() {
     else
         "$@"
     fi
-}
-
-# stop_part NAME: SIGTERM (the Dovecot master takes its children and every
-# IMAP connection down with it), SIGKILL after 10 s; only a live NAME is
-# signalled.
-stop_part() {
-    if ! alive "$1"; then
-        rm -f "$dir/$1.pid"
-        return 0
-    fi
-    k_pid=$(pid_of "$1")
-    kill -TERM "$k_pid" 2>/dev/null || true
-    k_i=0
-    while alive "$1"; do
-        k_i=$((k_i + 1))
-        if [ "$k_i" -ge 100 ]; then
-            kill -KILL "$k_pid" 2>/dev/null || true
-            sleep 0.1
-            break
-        fi
-        sleep 0.1
-    done
-    rm -f "$dir/$1.pid"
-}
-
-stop_all() {
-    for n in $PARTS; do
-        stop_part "$n"
-    done
-}
-
-# sed replacement text: | & and \ escaped.
-esc() {
-    printf '%s' "$1" | sed 's/[&|\\]/\\&/g'
 }
 
 render() {
@@ -312,25 +193,22 @@ start_dovecot() {
         die "Dovecot does not accept $ddir/dovecot.conf"
     fi
     # -F: the master stays in the foreground, so $! is its PID (setsid and
-    # setpriv exec); in a session of its own, so Ctrl-C in the terminal of
-    # `make run` does not reach it (stop does).
+    # setpriv exec); the SIGTERM of stop takes its children and every IMAP
+    # connection down with it.
     if [ "$(id -u)" = 0 ]; then
-        setsid setpriv --reuid="$RUN_UID" --regid="$RUN_GID" \
-            --clear-groups -- "$DOVECOT" -F -c "$ddir/dovecot.conf" \
-            >>"$ddir/dovecot.out" 2>&1 </dev/null &
+        set -- setpriv --reuid="$RUN_UID" --regid="$RUN_GID" --clear-groups --
     else
-        setsid "$DOVECOT" -F -c "$ddir/dovecot.conf" \
-            >>"$ddir/dovecot.out" 2>&1 </dev/null &
+        set --
     fi
-    echo $! >"$dir/dovecot.pid"
+    spawn dovecot "$ddir/dovecot.out" null "$@" \
+        "$DOVECOT" -F -c "$ddir/dovecot.conf"
 }
 
 start_sink() {
     mkdir -p "$sent"
     rm -f "$sent/ready"
-    setsid "$PYTHON" "$SINK" --port "$SMTP_PORT" --dir "$sent" \
-        --hostname sink.dev.test >>"$dir/smtpsink.log" 2>&1 </dev/null &
-    echo $! >"$dir/smtpsink.pid"
+    spawn smtpsink "$dir/smtpsink.log" null "$PYTHON" "$SINK" \
+        --port "$SMTP_PORT" --dir "$sent" --hostname sink.dev.test
 }
 
 cmd_start() {
@@ -344,27 +222,17 @@ cmd_start() {
     (umask 077 && render >"$ddir/dovecot.conf.new")
     (umask 077 && printf '%s:{PLAIN}%s::::::\n' "$MAIL_USER" \
         "$MAIL_PASSWORD" >"$ddir/users.new")
-    if any_alive; then
-        # both up with the same config: nothing to do
-        if dovecot_ready && sink_ready &&
-            cmp -s "$ddir/dovecot.conf.new" "$ddir/dovecot.conf" &&
-            cmp -s "$ddir/users.new" "$ddir/users"; then
-            rm -f "$ddir/dovecot.conf.new" "$ddir/users.new"
-            echo "mail-dev: already running (scripts/mail-dev.sh status)"
-            return 0
-        fi
-        echo "mail-dev: stopping the mail servers of an earlier run" >&2
-        stop_all
+    # both up with the same config: nothing to do
+    if already_up ready "mail servers" "$ddir/dovecot.conf" "$ddir/users"
+    then
+        return 0
     fi
-    for p in "$IMAP_PORT" "$SMTP_PORT"; do
-        if port_busy "$p"; then
-            rm -f "$ddir/dovecot.conf.new" "$ddir/users.new"
-            die "127.0.0.1:$p is taken by another program; the dev mail" \
-                "servers need $IMAP_PORT (IMAP) and $SMTP_PORT (SMTP)"
-        fi
-    done
-    mv "$ddir/dovecot.conf.new" "$ddir/dovecot.conf"
-    mv "$ddir/users.new" "$ddir/users"
+    if p=$(first_busy "$IMAP_PORT" "$SMTP_PORT"); then
+        drop_new "$ddir/dovecot.conf" "$ddir/users"
+        die "127.0.0.1:$p is taken by another program; the dev mail" \
+            "servers need $IMAP_PORT (IMAP) and $SMTP_PORT (SMTP)"
+    fi
+    keep_new "$ddir/dovecot.conf" "$ddir/users"
     for d in "$ddir/run" "$ddir/lib" "$ddir/home" "$mdir/$MAIL_USER/cur" \
         "$mdir/$MAIL_USER/new" "$mdir/$MAIL_USER/tmp"; do
         (umask 077 && mkdir -p "$d")
@@ -389,34 +257,20 @@ cmd_start() {
 
     start_dovecot
     start_sink
-    i=0
-    until dovecot_ready && sink_ready; do
-        i=$((i + 1))
-        for n in $PARTS; do
-            if ! starting "$n"; then
-                echo "mail-dev: $n exited (logs: var/mail/smtpsink.log," \
-                     "var/mail/dovecot/dovecot.log)" >&2
-                i=1000
-            fi
-        done
-        if [ "$i" -gt 200 ]; then
-            tail -n 10 "$ddir/dovecot.out" "$ddir/dovecot.log" \
-                "$dir/smtpsink.log" >&2 2>/dev/null || true
-            stop_all
-            rm -f "$dir/env"
-            die "the mail servers did not come up in 20 s"
-        fi
-        sleep 0.1
-    done
+    if ! wait_up ready starting "logs: var/mail/smtpsink.log," \
+        "var/mail/dovecot/dovecot.log"; then
+        tail -n 10 "$ddir/dovecot.out" "$ddir/dovecot.log" \
+            "$dir/smtpsink.log" >&2 2>/dev/null || true
+        stop_all
+        rm -f "$dir/env"
+        die "the mail servers did not come up in 20 s"
+    fi
     echo "mail-dev: running; IMAP imap://127.0.0.1:$IMAP_PORT/INBOX" \
          "(user $MAIL_USER), SMTP sink 127.0.0.1:$SMTP_PORT into var/mail/sent"
 }
 
 cmd_stop() {
-    [ -d "$dir" ] || return 0
-    stop_all
-    rm -f "$dir/env" "$sent/ready"
-    echo "mail-dev: stopped"
+    dev_stop "$dir/env" "$sent/ready"
 }
 
 count_files() {
@@ -425,14 +279,7 @@ count_files() {
 
 cmd_status() {
     rc=0
-    for n in $PARTS; do
-        if alive "$n"; then
-            echo "$n: running, pid $(pid_of "$n")"
-        else
-            echo "$n: not running"
-            rc=1
-        fi
-    done
+    parts_status || rc=1
     for u in "$mdir"/*/; do
         [ -d "$u/new" ] || continue
         echo "mailbox $(basename "$u"): $(count_files "$u/new") new," \
@@ -444,19 +291,4 @@ cmd_status() {
     return "$rc"
 }
 
-case ${1:-} in
-    start) cmd_start ;;
-    stop) cmd_stop ;;
-    status) cmd_status ;;
-    installed)
-        if reason=$(is_installed); then
-            exit 0
-        fi
-        echo "$reason"
-        exit 1
-        ;;
-    *)
-        echo "usage: scripts/mail-dev.sh start|stop|status|installed" >&2
-        exit 2
-        ;;
-esac
+dev_main "$@"

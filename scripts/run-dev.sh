@@ -19,18 +19,14 @@ redis-server --port 0 --unixsocket "$top/var/redis.sock" --unixsocketperm 700 \
     --appendonly yes --appendfsync always --save "" \
     --dir "$top/var/redis" --logfile "$top/var/redis.log" --daemonize no &
 redis_pid=$!
-kannel=no
-mail=no
+servers=
 cleaned=no
 cleanup() {
     [ "$cleaned" = no ] || return 0
     cleaned=yes
-    if [ "$mail" = yes ]; then
-        sh scripts/mail-dev.sh stop || true
-    fi
-    if [ "$kannel" = yes ]; then
-        sh scripts/kannel-dev.sh stop || true
-    fi
+    for s in $servers; do
+        sh "scripts/$s-dev.sh" stop || true
+    done
     kill "$redis_pid" 2>/dev/null || true
     wait "$redis_pid" 2>/dev/null || true
 }
@@ -46,44 +42,65 @@ until redis-cli -s var/redis.sock ping >/dev/null 2>&1; do
     sleep 0.1
 done
 
+# dev_server NAME: `scripts/NAME-dev.sh start` when its servers are
+# installed; cleanup then stops them, even if start failed (the last
+# started first). Sets up to yes, no (start failed) or missing ($why).
+dev_server() {
+    if ! why=$(sh "scripts/$1-dev.sh" installed); then
+        up=missing
+        return 0
+    fi
+    servers="$1 $servers"
+    up=no
+    if sh "scripts/$1-dev.sh" start; then
+        up=yes
+    fi
+}
+
+# env_get NAME KEY: KEY in var/NAME/env, which a started server writes.
+env_get() {
+    sed -n "s/^$2=//p" "var/$1/env"
+}
+
 # SMS: a private Kannel with a fake SMSC. Without it the daemon runs all
 # the same; SMS sends then fail temporarily and are retried.
-if why=$(sh scripts/kannel-dev.sh installed); then
-    kannel=yes
-    if sh scripts/kannel-dev.sh start; then
-        number=$(sed -n 's/^NUMBER=//p' var/kannel/env)
-        sms_note="Kannel with a fake SMSC on 127.0.0.1, short number $number"
-        sms_note="$sms_note (docs/sms.md)"
-    else
+dev_server kannel
+case $up in
+    yes)
+        sms_note="Kannel with a fake SMSC on 127.0.0.1, short number"
+        sms_note="$sms_note $(env_get kannel NUMBER) (docs/sms.md)"
+        ;;
+    no)
         sms_note="the dev Kannel did not start (logs in var/kannel/): SMS"
         sms_note="$sms_note sends fail and are retried"
-    fi
-else
-    sms_note="Kannel is not installed ($why; sh scripts/deps.sh installs"
-    sms_note="$sms_note it): SMS sends fail and are retried"
-fi
+        ;;
+    *)
+        sms_note="Kannel is not installed ($why; sh scripts/deps.sh installs"
+        sms_note="$sms_note it): SMS sends fail and are retried"
+        ;;
+esac
 
 # E-mail: a private Dovecot (the support mailbox) and an SMTP sink. Without
 # them the daemon runs all the same; it logs that the mailbox cannot be
 # polled, and e-mail sends fail temporarily and are retried.
-if why=$(sh scripts/mail-dev.sh installed); then
-    mail=yes
-    if sh scripts/mail-dev.sh start; then
-        imap_port=$(sed -n 's/^IMAP_PORT=//p' var/mail/env)
-        smtp_port=$(sed -n 's/^SMTP_PORT=//p' var/mail/env)
-        mail_user=$(sed -n 's/^MAIL_USER=//p' var/mail/env)
-        mail_note="Dovecot imap://127.0.0.1:$imap_port ($mail_user),"
-        mail_note="$mail_note SMTP sink 127.0.0.1:$smtp_port (docs/email.md)"
-    else
+dev_server mail
+mail_down="the mailbox is not polled, e-mail sends fail and are retried"
+case $up in
+    yes)
+        mail_note="Dovecot imap://127.0.0.1:$(env_get mail IMAP_PORT)"
+        mail_note="$mail_note ($(env_get mail MAIL_USER)), SMTP sink"
+        mail_note="$mail_note 127.0.0.1:$(env_get mail SMTP_PORT)"
+        mail_note="$mail_note (docs/email.md)"
+        ;;
+    no)
         mail_note="the dev mail servers did not start (logs in var/mail/):"
-        mail_note="$mail_note the mailbox is not polled, e-mail sends fail"
-        mail_note="$mail_note and are retried"
-    fi
-else
-    mail_note="not installed ($why; sh scripts/deps.sh installs"
-    mail_note="$mail_note it): the mailbox is not polled, e-mail sends fail"
-    mail_note="$mail_note and are retried"
-fi
+        mail_note="$mail_note $mail_down"
+        ;;
+    *)
+        mail_note="not installed ($why; sh scripts/deps.sh installs it):"
+        mail_note="$mail_note $mail_down"
+        ;;
+esac
 
 cat <<MSG
 
