@@ -66,18 +66,12 @@ STALL=${EMAIL_STALL:-10}
 PFX=${EMAIL_POSTFIX_DIR:-build/postfix}
 PY=/usr/bin/python3
 HERE=tests/bench/email
+BENCH=email
 
-for tool in $PY redis-server redis-cli curl openssl /usr/sbin/dovecot; do
-    if ! command -v "$tool" >/dev/null 2>&1; then
-        echo "email bench: $tool not installed (make deps:" \
-            "dovecot-imapd)" >&2
-        exit 1
-    fi
-done
-if [ ! -x "$SB_BIN" ]; then
-    echo "email bench: $SB_BIN missing (make)" >&2
-    exit 1
-fi
+# stop_pid, free_port, wait_http, start_redis, start_nginx, bench_*
+. tests/bench/lib.sh
+bench_need "make deps: dovecot-imapd" $PY redis-server redis-cli curl \
+    openssl /usr/sbin/dovecot
 
 # pfx_ok: the unpacked smtp-sink and smtp-source run (they print their
 # usage when started without arguments).
@@ -133,96 +127,44 @@ case ",$PHASES," in
     ;;
 esac
 
-tmp=$(mktemp -d /tmp/sb-emailbench-XXXXXX) || exit 1
+bench_tmp
 # Dovecot and smtp-sink run as nobody when we are root: they must reach
 # their directories below this one.
 chmod 711 "$tmp"
-cp "$SB_BIN" "$tmp/switchboard" || exit 1
-SB_BIN=$tmp/switchboard
-redis_pid=""
-run_pid=""
-
-. tests/bench/lib.sh # stop_pid, free_port, wait_http, start_redis, start_nginx
-stop_run() {
-    stop_pid "$run_pid" 300 # it stops its daemons, Dovecot and sinks by PID
-    stop_pid "$redis_pid" 50
-    run_pid=""
-    redis_pid=""
-}
-cleanup() {
-    stop_run
-    if [ -n "$BENCH_KEEP" ]; then
-        echo "email bench: kept $tmp"
-    else
-        rm -rf "$tmp"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM HUP
-
-load1=$(cut -d' ' -f1-3 /proc/loadavg)
-start=$(date +%s)
-: > "$tmp/results"
-fail=0
+bench_begin
 skip=""
-echo "email bench: corpus x$COPIES, $IMAP_N IMAP mails (batch $BATCHES)," \
-    "$SMTP_N SMTP notifications ($CONFIGS) vs smtp-source, $RUNS runs" \
-    "(phases $PHASES)"
-r=1
-while [ "$r" -le "$RUNS" ]; do
-    order=source,switchboard,source
-    d="$tmp/run-$r"
-    echo "email bench: run $r"
-    if ! start_redis "$d/redis"; then
-        echo "email bench: redis-server did not start" >&2
-        fail=1
-        break
-    fi
-    timeout -k 10 $((TIMEOUT * 4 + 300)) $PY "$HERE/emailbench.py" \
+
+# email_run RUN: a fresh Redis, emailbench.py (which stops its daemons,
+# Dovecot and sinks by PID); 2 when Redis does not start.
+email_run() {
+    d="$tmp/run-$1"
+    echo "email bench: run $1"
+    bench_redis "$d/redis" || return 2
+    bench_driver "$d" $((TIMEOUT * 4 + 300)) $PY "$HERE/emailbench.py" \
         --sb "$SB_BIN" --redis "$d/redis/redis.sock" \
-        --redis-pid "$redis_pid" --dir "$d" --postfix "$PFX" --run "$r" \
+        --redis-pid "$redis_pid" --dir "$d" --postfix "$PFX" --run "$1" \
         --copies "$COPIES" --corpus-batch "$CBATCH" --imap-n "$IMAP_N" \
         --batches "$BATCHES" --smtp-n "$SMTP_N" --smtp-warmup "$WARM" \
-        --smtp-configs "$CONFIGS" --order "$order" --phases "$PHASES" \
-        --timeout "$TIMEOUT" --stall "$STALL" --skip "$skip" \
-        > "$d/bench.out" 2> "$d/bench.err" &
-    run_pid=$!
-    wait "$run_pid" || fail=1
-    run_pid=""
-    sed 's/^/  /' "$d/bench.out"
-    [ -s "$d/bench.err" ] && sed 's/^/  /' "$d/bench.err" | tail -20
-    cat "$d/bench.out" >> "$tmp/results"
-    if grep -q '^<[0-4]>' "$d/switchboard.log" 2>/dev/null; then
-        grep '^<[0-4]>' "$d/switchboard.log" | cut -c1-160 | sort |
-            uniq -c | sort -rn | head -5 | sed 's/^/  daemon log: /'
-    fi
+        --smtp-configs "$CONFIGS" --order source,switchboard,source \
+        --phases "$PHASES" --timeout "$TIMEOUT" --stall "$STALL" \
+        --skip "$skip"
+    erc=$?
     # an inbound target that did not finish is not tried again
     skip=$(sed -n 's/^RESULT .* target=corpus .* secs=-1 .*/corpus/p;
         s/^RESULT .* target=imap batch=\([0-9]*\) .* secs=-1 .*/imap\1/p' \
         "$tmp/results" | sort -u | tr '\n' ',')
-    stop_run
-    [ -n "$BENCH_KEEP" ] || rm -rf "$d/dovecot" "$d/dump"
-    r=$((r + 1))
-done
-load2=$(cut -d' ' -f1-3 /proc/loadavg)
-elapsed=$(($(date +%s) - start))
+    bench_stop_run
+    bench_drop "$d/dovecot" "$d/dump"
+    return $erc
+}
 
-awk -v fail="$fail" -v load1="$load1" -v load2="$load2" \
-    -v elapsed="$elapsed" -v phases="$PHASES" -v batches="$BATCHES" \
-    -v configs="$CONFIGS" -v smtp_n="$SMTP_N" '
-function median(a, k,    i, j, t) {
-    if (k == 0) return -1
-    for (i = 1; i <= k; i++)
-        for (j = i + 1; j <= k; j++)
-            if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
-    return k % 2 ? a[(k + 1) / 2] : (a[k / 2] + a[k / 2 + 1]) / 2
-}
-function kv(line, key,    re) {
-    re = " " key "=[^ ]*"
-    if (!match(line, re)) return ""
-    return substr(line, RSTART + length(key) + 2,
-                  RLENGTH - length(key) - 2)
-}
+echo "email bench: corpus x$COPIES, $IMAP_N IMAP mails (batch $BATCHES)," \
+    "$SMTP_N SMTP notifications ($CONFIGS) vs smtp-source, $RUNS runs" \
+    "(phases $PHASES)"
+bench_runs email_run
+bench_end
+
+bench_report '
 function rate(t) { return cnt[t] ? sprintf("%.0f msg/s", m[t]) : "-" }
 # add(LINE, T, TG): one finished RESULT line of target T (kind TG).
 function add(line, t, tg,    i, rn, f) {
@@ -274,7 +216,6 @@ function add(line, t, tg,    i, rn, f) {
 /^INFO .*smtp_message_bytes=/ { msgsize = kv($0, "smtp_message_bytes") }
 /^INFO .*corpus_files=/ { corpus = kv($0, "messages") " messages (" \
     kv($0, "corpus_files") " files x " kv($0, "copies") ")" }
-/^LOG / { errl += kv($0, "errors"); warnl += kv($0, "warnings") }
 END {
     for (rn = 1; rn in sline; rn++)
         add(sline[rn], "source", "source")
@@ -283,25 +224,12 @@ END {
     for (o = 1; o <= nt; o++) {
         t = order[o]
         if (!cnt[t]) { printf "%-13s %9s\n", t, "DID NOT FINISH"; continue }
-        for (i = 1; i <= cnt[t]; i++) a[i] = rt[t, i]
-        m[t] = median(a, cnt[t])
-        for (i = 1; i <= cnt[t]; i++) a[i] = sc[t, i]
-        s = median(a, cnt[t])
-        for (i = 1; i <= cnt[t]; i++) a[i] = c1[t, i]
-        x1 = median(a, cnt[t])
-        for (i = 1; i <= cnt[t]; i++) a[i] = c2[t, i]
-        x2 = median(a, cnt[t])
-        for (i = 1; i <= cnt[t]; i++) a[i] = c3[t, i]
-        x3 = median(a, cnt[t])
-        for (i = 1; i <= cnt[t]; i++) a[i] = u1[t, i]
-        y1 = median(a, cnt[t])
-        for (i = 1; i <= cnt[t]; i++) a[i] = u2[t, i]
-        y2 = median(a, cnt[t])
-        for (i = 1; i <= cnt[t]; i++) a[i] = u3[t, i]
-        y3 = median(a, cnt[t])
-        printf "%-13s %9.0f %7.2f %14s %16s %s%s\n", t, m[t], s,
-            sprintf("%d/%d/%d", x1, x2, x3),
-            sprintf("%d/%d/%d", y1, y2, y3), runs_line[t],
+        nr = cnt[t]
+        m[t] = med(rt, t, nr)
+        printf "%-13s %9.0f %7.2f %14s %16s %s%s\n", t, m[t], med(sc, t, nr),
+            sprintf("%d/%d/%d", med(c1, t, nr), med(c2, t, nr), med(c3, t, nr)),
+            sprintf("%d/%d/%d", med(u1, t, nr), med(u2, t, nr), med(u3, t, nr)),
+            runs_line[t],
             (t in extra ? "  (" extra[t] ")" : "")
         if (t ~ /^smtp / && m[t] > best) { best = m[t]; bestt = t }
     }
@@ -320,9 +248,7 @@ END {
             "-byte message, one connection)"
     print "cpu: srv = the daemon (smtp-source in its row), rds = Redis, " \
         "pr = the peer (Dovecot with its imap processes, or smtp-sink)"
-    printf "daemon log: %d error, %d warning lines; load average %s " \
-        "before, %s after (2 cores, shared); %d s\n", errl, warnl, load1,
-        load2, elapsed
+    log_line(sprintf("; %d s", elapsed))
     split(batches, bs, ",")
     il = ""
     for (k = 1; k in bs; k++)
@@ -344,10 +270,6 @@ END {
     if (pr != "")
         print "smtp ratio per run (best config / smtp-source, same run):" pr
     printf "email: corpus %s | imap %s | %s\n", rate("corpus"), il, sl
-    if (short != "") {
-        print "email bench: did not finish:" short
-        fail = 1
-    }
-    if (fail) { print "email bench: FAILED (see above)"; exit 1 }
-    print "email bench: ok"
-}' "$tmp/results"
+    verdict("did not finish", short)
+}' -v elapsed="$elapsed" -v phases="$PHASES" -v batches="$BATCHES" \
+    -v configs="$CONFIGS" -v smtp_n="$SMTP_N"

@@ -77,7 +77,6 @@ import base64
 import email.header
 import email.utils
 import glob
-import http.client
 import os
 import pwd
 import quopri
@@ -88,101 +87,21 @@ import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
-sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
 
-import harness  # noqa: E402
+import benchlib  # noqa: E402
+from benchlib import ROOT, Cpu, harness, say, warn  # noqa: E402
 import dovecot  # noqa: E402
 
 OUR = "support@example.test"
 UNSUB = "email-bench-unsubscribe-secret-0123456789"
-CARRIER = "CDEK"
 MBOX_PASS = "bench-Mail-Pass-1"
 SINK_RE = re.compile(rb"mesg=(\d+)")
 
 
-def say(s):
-    print(s, flush=True)
-
-
-def warn(s):
-    sys.stderr.write("email bench: %s\n" % s)
-    sys.stderr.flush()
-
-
 # --------------------------------------------------------------------------
-# Processes, CPU, waiting.
-
-def cpu_ticks(pid):
-    """utime + stime (+ reaped children's) of a process, in clock ticks."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            st = f.read().rsplit(")", 1)[1].split()
-        return int(st[11]) + int(st[12]) + int(st[13]) + int(st[14])
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-def tree(pid):
-    """pid and its descendants (Dovecot's master, imap, login, auth)."""
-    kids = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % d) as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        kids.setdefault(ppid, []).append(int(d))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(kids.get(p, []))
-    return out
-
-
-class Cpu:
-    """CPU of named processes (or process trees) over an interval, as %
-    of one core. pids: {name: [pid, ...]}; trees: {name: root pid}, whose
-    descendants are looked up at the start and at the end (a process
-    born in between counts from zero)."""
-
-    def __init__(self, pids, trees=None):
-        self.pids = {k: list(v) for k, v in pids.items() if v}
-        self.trees = dict(trees or {})
-        self.hz = os.sysconf("SC_CLK_TCK")
-        self.t0 = time.monotonic()
-        self.c0 = {}
-        for k, v in self.pids.items():
-            self.c0[k] = {p: cpu_ticks(p) for p in v}
-        for k, root in self.trees.items():
-            self.c0[k] = {p: cpu_ticks(p) for p in tree(root)}
-
-    def fields(self):
-        dt = max(1e-6, time.monotonic() - self.t0)
-        out = []
-        for k in list(self.pids) + list(self.trees):
-            now = self.pids[k] if k in self.pids else tree(self.trees[k])
-            used = sum(max(0, cpu_ticks(p) - self.c0[k].get(p, 0))
-                       for p in now) / self.hz
-            out.append("cpu_%s=%.0f" % (k, 100.0 * used / dt))
-        return " ".join(out)
-
-
-def wait_for(pred, limit, step=0.02):
-    """Poll pred() until true or limit seconds; the monotonic time it
-    became true, or None."""
-    deadline = time.monotonic() + limit
-    while True:
-        if pred():
-            return time.monotonic()
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(step)
-
+# Waiting, the daemon.
 
 def wait_progress(count, n, limit, stall, step=0.02):
     """Poll count() until it reaches n; gives up after limit seconds, or
@@ -203,113 +122,24 @@ def wait_progress(count, n, limit, stall, step=0.02):
         time.sleep(step)
 
 
-class Resp:
-    """A pipelining RESP client on the bench's Redis socket."""
-
-    def __init__(self, sock):
-        self.c = harness.RespConn(sock, 30.0)
-
-    def cmd(self, *args):
-        return self.c.cmd(*args)
-
-    def pipeline(self, cmds):
-        self.c.sock.sendall(b"".join(self.c._enc(a) for a in cmds))
-        out = []
-        for _ in cmds:
-            r = self.c._read()
-            if isinstance(r, harness.RedisError):
-                raise r
-            out.append(r)
-        return out
-
-    def int(self, key):
-        v = self.cmd("GET", key)
-        return int(v) if v is not None else 0
-
-    def hint(self, key, field):
-        v = self.cmd("HGET", key, field)
-        return int(v) if v is not None else 0
-
-    def close(self):
-        self.c.close()
+def new_daemon(a, name, text, port):
+    """The daemon on DIR/switchboard-NAME.conf (not started yet)."""
+    return benchlib.Daemon(a.sb, a.dir, "switchboard-" + name, text, port,
+                           mark=True)
 
 
-class Daemon:
-    """build/switchboard on a config of ours, stopped by PID."""
-
-    def __init__(self, a, name, text):
-        self.a = a
-        self.port = None
-        self.conf = os.path.join(a.dir, "switchboard-%s.conf" % name)
-        self.log = os.path.join(a.dir, "switchboard.log")
-        self.proc = None
-        with open(self.conf, "w") as f:
-            f.write(text)
-
-    def start(self):
-        with open(self.log, "ab") as out:
-            out.write(b"--- %s\n" % os.path.basename(self.conf).encode())
-            out.flush()
-            self.proc = subprocess.Popen(
-                [self.a.sb, "-c", self.conf], stdin=subprocess.DEVNULL,
-                stdout=out, stderr=out, cwd=self.a.dir,
-                preexec_fn=dovecot._die_with_parent)
-        harness._register(self.proc, "switchboard")
-        return self.proc
-
-    def wait_ready(self, limit=30.0):
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return False
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", self.port,
-                                               timeout=2)
-                c.request("GET", "/readyz")
-                ok = c.getresponse().status == 200
-                c.close()
-                if ok:
-                    return True
-            except (OSError, http.client.HTTPException):
-                pass
-            time.sleep(0.02)
-        return False
-
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self):
-        if self.proc is not None:
-            harness.stop_process(self.proc, signal.SIGTERM, 15.0)
-            self.proc = None
+def died(dm, name):
+    """1 (and a warning) when the daemon is no longer running, else 0."""
+    if dm.alive():
+        return 0
+    warn("the daemon died (%s)" % name)
+    return 1
 
 
 def daemon_config(a, port, smtp_port, threads=2, per_session=100,
                   mailbox=None):
-    text = """[core]
-log_level = warning
-drain_timeout = 5s
-default_country = RU
-
-[http]
-max_body = 1M
-public_url = http://127.0.0.1:{port}
-www_dir = {root}/src/www
-
-[listener main]
-address = 127.0.0.1
-port = {port}
-
-[redis]
-socket = {sock}
-prefix = sb:
-
-[notify]
-templates = {root}/config/templates
-supersede_window = 0
-batch = {nbatch}
-max_inflight = {ninflight}
-
+    text = benchlib.daemon_config(port, a.redis, a.notify_batch,
+                                  a.notify_inflight, www=True) + """
 [channels]
 email = email
 
@@ -323,9 +153,8 @@ smtp_tls = none
 smtp_timeout = 10s
 smtp_threads = {threads}
 smtp_per_session = {per_session}
-""".format(port=port, sock=a.redis, root=ROOT, our=OUR, unsub=UNSUB,
-           smtp_port=smtp_port, threads=threads, per_session=per_session,
-           nbatch=a.notify_batch, ninflight=a.notify_inflight)
+""".format(our=OUR, unsub=UNSUB, smtp_port=smtp_port, threads=threads,
+           per_session=per_session)
     if mailbox:
         text += """
 [mailbox {name}]
@@ -477,11 +306,10 @@ def run_inbound(a, r, d, kind, user, raws, batch, redis_pid):
     dsecs, ssecs = deliver_and_sync(d, user, raws, a.timeout)
     r.cmd("FLUSHALL")
     port = harness.free_port()
-    dm = Daemon(a, name, daemon_config(
+    dm = new_daemon(a, name, daemon_config(
         a, port, harness.free_port(),
         mailbox={"name": name, "url": d.url(), "user": user,
-                 "pw": MBOX_PASS, "batch": batch}))
-    dm.port = port
+                 "pw": MBOX_PASS, "batch": batch}), port)
     try:
         cpu = None
         t0 = time.monotonic()
@@ -513,20 +341,14 @@ def run_inbound(a, r, d, kind, user, raws, batch, redis_pid):
                                      xlen, tready, dsecs, ssecs))
         tgt = "target=corpus batch=%d" % batch if kind == "corpus" else \
             "target=imap batch=%d" % batch
-        if t1 is None:
-            say("RESULT run=%s %s n=%d done=%d secs=-1 rate=0 %s %s" % (
-                a.run, tgt, n, got, cpuf, extra))
+        if benchlib.result(a.run, tgt, n, got, t0, t1,
+                           "%s %s" % (cpuf, extra)):
             warn("%s: %d of %d done, no progress for %.0f s or over the "
                  "%.0f s limit; the daemon's last poll error: %s" % (
                      name, got, n, a.stall, a.timeout,
                      last_poll_error(dm.log, name)))
             return 1
-        say("RESULT run=%s %s n=%d done=%d secs=%.2f rate=%.0f %s %s" % (
-            a.run, tgt, n, got, t1 - t0, n / (t1 - t0), cpuf, extra))
-        if not dm.alive():
-            warn("the daemon died (%s)" % name)
-            return 1
-        return 0
+        return died(dm, name)
     finally:
         dm.stop()
 
@@ -556,7 +378,8 @@ class Sink:
         self.a = a
         self.port = harness.free_port()
         self.out = os.path.join(a.dir, "sink-%s.out" % name)
-        self.off = 0
+        self.appended = benchlib.Appended(self.out)
+        self.carry = b""
         self.n = 0
         self.dumpdir = dumpdir
         args = [os.path.join(a.postfix, "sbin", "smtp-sink")]
@@ -579,8 +402,9 @@ class Sink:
                 stderr=subprocess.STDOUT, cwd=a.dir, env=env,
                 preexec_fn=dovecot._die_with_parent)
         harness._register(self.proc, "smtp-sink")
-        if wait_for(lambda: self.proc.poll() is not None or
-                    dovecot._port_open(self.port, 0.2), 10.0) is None or \
+        if benchlib.wait_for(lambda: self.proc.poll() is not None or
+                             dovecot._port_open(self.port, 0.2), 10.0,
+                             0.02) is None or \
                 self.proc.poll() is not None:
             with open(self.out, "rb") as f:
                 tail = f.read()[-500:].decode(errors="replace")
@@ -594,20 +418,15 @@ class Sink:
                 return len(os.listdir(self.dumpdir))
             except OSError:
                 return 0
-        try:
-            with open(self.out, "rb") as f:
-                f.seek(self.off)
-                chunk = f.read()
-        except OSError:
-            return self.n
-        if chunk:
-            # keep the last (possibly partial) record for the next read
-            cut = chunk.rfind(b"\r")
-            if cut >= 0:
-                m = SINK_RE.findall(chunk[:cut])
-                if m:
-                    self.n = int(m[-1])
-                self.off += cut + 1
+        data = self.carry + self.appended.read()
+        # keep the last (possibly partial) record for the next read
+        cut = data.rfind(b"\r")
+        if cut >= 0:
+            m = SINK_RE.findall(data[:cut])
+            if m:
+                self.n = int(m[-1])
+            data = data[cut + 1:]
+        self.carry = data
         return self.n
 
     def stop(self):
@@ -641,31 +460,18 @@ def who(i, warm):
     return "b%d@bench.example.com" % (i % warm)
 
 
-def encode_notifications(first, count, warm, chunk=1000):
+def encode_notifications(first, count, warm):
     """count order.shipped e-mail notifications, numbered from first, as
     RESP bytes in chunks of (bytes, commands): encoded before the clock
     starts, so the timed part is the pipelined XADDs themselves."""
-    out = []
-    for i in range(first, first + count, chunk):
-        cmds = []
-        for j in range(i, min(first + count, i + chunk)):
-            data = '{"order":"SO-%d","carrier":"%s",' \
-                   '"tracking_url":"https://t.example/%d"}' % (j, CARRIER, j)
-            cmds.append(harness.RespConn._enc((
-                "XADD", "sb:notify", "*", "event", "order.shipped",
-                "email", who(j, warm), "channels", '["email"]',
-                "locale", "en", "data", data)))
-        out.append((b"".join(cmds), len(cmds)))
-    return out
+    return [benchlib.Resp.encode(cmds) for cmds in benchlib.chunks(
+        first, count, lambda j: benchlib.shipped(
+            j, "email", who(j, warm), '["email"]'))]
 
 
 def send_encoded(r, chunks):
     for blob, n in chunks:
-        r.c.sock.sendall(blob)
-        for _ in range(n):
-            x = r.c._read()
-            if isinstance(x, harness.RedisError):
-                raise x
+        r.send(blob, n)
 
 
 def xadd_notifications(r, first, count, warm):
@@ -674,9 +480,8 @@ def xadd_notifications(r, first, count, warm):
 
 def smtp_daemon(a, name, sink_port, threads, per_session):
     port = harness.free_port()
-    dm = Daemon(a, name, daemon_config(a, port, sink_port, threads,
-                                       per_session))
-    dm.port = port
+    dm = new_daemon(a, name, daemon_config(a, port, sink_port, threads,
+                                           per_session), port)
     dm.start()
     if not dm.wait_ready(30.0):
         dm.stop()
@@ -749,17 +554,11 @@ def run_smtp_sb(a, r, sink, threads, per_session, first, warm, redis_pid):
             "%.2f" % (ts - t0) if ts else "-1")
         tgt = "target=smtp threads=%d per_session=%d" % (threads,
                                                           per_session)
-        if t1 is None or ts is None:
-            say("RESULT run=%s %s n=%d done=%d secs=-1 rate=0 %s %s" % (
-                a.run, tgt, a.smtp_n, done, cpuf, extra))
+        if benchlib.result(a.run, tgt, a.smtp_n, done, t0,
+                           None if ts is None else t1,
+                           "%s %s" % (cpuf, extra)):
             return 1
-        say("RESULT run=%s %s n=%d done=%d secs=%.2f rate=%.0f %s %s" % (
-            a.run, tgt, a.smtp_n, done, t1 - t0, a.smtp_n / (t1 - t0),
-            cpuf, extra))
-        if not dm.alive():
-            warn("the daemon died (%s)" % name)
-            return 1
-        return 0
+        return died(dm, name)
     finally:
         dm.stop()
 
@@ -793,13 +592,9 @@ def run_smtp_source(a, sink, msgfile, redis_pid):
             with open(errf, "rb") as f:
                 warn("smtp-source exit %s: %s" % (
                     rc, f.read()[-300:].decode(errors="replace")))
-            say("RESULT run=%s target=source n=%d done=%d secs=-1 rate=0 "
-                "%s" % (a.run, a.smtp_n, done, cpuf))
-            return 1
-        say("RESULT run=%s target=source n=%d done=%d secs=%.2f rate=%.0f "
-            "%s" % (a.run, a.smtp_n, done, t1 - t0, a.smtp_n / (t1 - t0),
-                    cpuf))
-        return 0
+            t1 = None
+        return benchlib.result(a.run, "target=source", a.smtp_n, done, t0,
+                               t1, cpuf)
     finally:
         harness.stop_process(p, signal.SIGTERM, 5.0)
 
@@ -834,20 +629,6 @@ def run_smtp(a, r, redis_pid):
 
 # --------------------------------------------------------------------------
 
-def count_log(path):
-    errl = warnl = 0
-    try:
-        with open(path, errors="replace") as f:
-            for line in f:
-                if line[:3] in ("<0>", "<1>", "<2>", "<3>"):
-                    errl += 1
-                elif line.startswith("<4>"):
-                    warnl += 1
-    except OSError:
-        pass
-    return errl, warnl
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sb", required=True)
@@ -880,16 +661,13 @@ def main():
     phases = [p for p in a.phases.split(",") if p]
     log = os.path.join(a.dir, "switchboard.log")
     rnd = random.Random(int(a.run) if a.run.isdigit() else 1)
-
-    def on_term(signum, frame):
-        raise SystemExit(1)
-    signal.signal(signal.SIGTERM, on_term)
+    benchlib.setup("email")
 
     fail = 0
     r = None
     d = None
     try:
-        r = Resp(a.redis)
+        r = benchlib.Resp(a.redis)
         if "corpus" in phases or "imap" in phases:
             users = {"corpus@example.test": MBOX_PASS}
             batches = [int(b) for b in a.batches.split(",") if b]
@@ -945,8 +723,7 @@ def main():
         if d is not None:
             d.stop()
         harness.cleanup_all()
-        errl, warnl = count_log(log)
-        say("LOG run=%s errors=%d warnings=%d" % (a.run, errl, warnl))
+        benchlib.log_result(a.run, log)
 
 
 if __name__ == "__main__":

@@ -60,17 +60,11 @@ BASELINE=${NOTIFY_BASELINE:-1}
 ROOT=$(pwd)
 HERE=tests/bench/notify
 SECRET="notify-bench-secret-$$"
+BENCH=notify
 
-for tool in node npm redis-server redis-cli curl /usr/sbin/nginx; do
-    if ! command -v "$tool" >/dev/null 2>&1; then
-        echo "notify bench: $tool not installed (make deps)" >&2
-        exit 1
-    fi
-done
-if [ ! -x "$SB_BIN" ]; then
-    echo "notify bench: $SB_BIN missing (make)" >&2
-    exit 1
-fi
+# stop_pid, free_port, wait_http, start_redis, start_nginx, bench_*
+. tests/bench/lib.sh
+bench_need "make deps" node npm redis-server redis-cli curl /usr/sbin/nginx
 if [ ! -f "$HERE/baseline/node_modules/.package-lock.json" ] ||
     [ "$HERE/baseline/package-lock.json" -nt \
       "$HERE/baseline/node_modules/.package-lock.json" ]
@@ -82,65 +76,26 @@ then
     }
 fi
 
-tmp=$(mktemp -d /tmp/sb-notifybench-XXXXXX) || exit 1
-# A private copy: build/ is shared, and a rebuild during the runs must not
-# swap the binary between runs (or fail a start with ETXTBSY).
-cp "$SB_BIN" "$tmp/switchboard" || exit 1
-SB_BIN=$tmp/switchboard
-redis_pid=""
-sb_pid=""
-worker_pid=""
-nginx_pid=""
-load_pid=""
-
-. tests/bench/lib.sh # stop_pid, free_port, wait_http, start_redis, start_nginx
-stop_run() {
-    stop_pid "$load_pid" 20
-    stop_pid "$sb_pid" 150
-    stop_pid "$worker_pid" 50
-    stop_pid "$redis_pid" 50
-    load_pid=""
-    sb_pid=""
-    worker_pid=""
-    redis_pid=""
-}
-cleanup() {
-    stop_run
-    stop_pid "$nginx_pid" 50
-    nginx_pid=""
-    if [ -n "$BENCH_KEEP" ]; then
-        echo "notify bench: kept $tmp"
-    else
-        rm -rf "$tmp"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM HUP
-
-load1=$(cut -d' ' -f1-3 /proc/loadavg)
+bench_tmp
+bench_begin
 
 # --- the sink
-if ! start_nginx "$tmp/nginx" '{"id":"x"}'; then
-    echo "notify bench: nginx did not start" >&2
-    exit 1
-fi
+bench_nginx "$tmp/nginx" '{"id":"x"}'
 
-# run_load RUN TARGET DIR ARGS...: load.js in the background (stopped by
-# PID on exit), bounded by timeout; its lines go to $tmp/results tagged
-# with the run, and are shown.
+# run_load RUN TARGET DIR ARGS...: load.js in the background (bench_bg),
+# bounded by timeout; its lines go to $tmp/results tagged with the run, and
+# are shown.
 run_load() {
     r=$1
     t=$2
     d=$3
     shift 3
-    timeout -k 5 $((TIMEOUT * 2 + 120)) node "$HERE/load.js" --target "$t" \
+    bench_bg $((TIMEOUT * 2 + 120)) "$d/load.out" "$d/load.err" \
+        node "$HERE/load.js" --target "$t" \
         --redis "$d/redis.sock" --n "$N" --warmup "$CUST" --paced "$PACED" \
         --rate "$RATE" --timeout "$TIMEOUT" --pid "redis=$redis_pid" \
-        --pid "nginx=$nginx_pid" "$@" > "$d/load.out" 2> "$d/load.err" &
-    load_pid=$!
-    wait "$load_pid"
+        --pid "nginx=$nginx_pid" "$@"
     rc=$?
-    load_pid=""
     sed 's/^/  /' "$d/load.out"
     sed "s/^\\([A-Z]*\\) /\\1 run=$r /" "$d/load.out" >> "$tmp/results"
     if [ -s "$d/load.err" ]; then
@@ -152,7 +107,7 @@ run_load() {
 # run_switchboard RUN
 run_switchboard() {
     d="$tmp/sb-$1"
-    start_redis "$d" || { echo "notify bench: redis-server did not start" >&2; return 1; }
+    bench_redis "$d" || return 1
     port=$(free_port)
     cat > "$d/switchboard.conf" <<CONF
 [core]
@@ -214,19 +169,16 @@ CONF
     warnl=$(grep -c '^<4>' "$d/switchboard.log")
     echo "LOG run=$1 target=switchboard errors=$errl warnings=$warnl" \
         >> "$tmp/results"
-    if [ "$((errl + warnl))" -gt 0 ]; then
-        grep '^<[0-4]>' "$d/switchboard.log" | cut -c1-200 | sort |
-            uniq -c | sort -rn | head -5 | sed 's/^/  daemon log: /'
-    fi
-    stop_run
-    [ -n "$BENCH_KEEP" ] || rm -rf "$d"
+    bench_log_top "$d/switchboard.log" 200
+    bench_stop_run
+    bench_drop "$d"
     return $rc
 }
 
 # run_bullmq RUN
 run_bullmq() {
     d="$tmp/bq-$1"
-    start_redis "$d" || { echo "notify bench: redis-server did not start" >&2; return 1; }
+    bench_redis "$d" || return 1
     node "$HERE/baseline/worker.js" --redis "$d/redis.sock" \
         --url "http://127.0.0.1:$nport/hook" --secret "$SECRET" \
         --concurrency "$BQCONC" --templates "$ROOT/config/templates" \
@@ -249,50 +201,38 @@ run_bullmq() {
         tail -20 "$d/worker.log" >&2
         rc=1
     fi
-    stop_run
-    [ -n "$BENCH_KEEP" ] || rm -rf "$d"
+    bench_stop_run
+    bench_drop "$d"
     return $rc
 }
 
-# --- runs
-: > "$tmp/results"
-fail=0
-echo "notify bench: $N notifications (burst) + $PACED at $RATE/s (paced)," \
-    "$CUST customers, $RUNS runs per target"
-r=1
-while [ "$r" -le "$RUNS" ]; do
+# notify_run RUN: both targets (their order alternating), or switchboard
+# alone.
+notify_run() {
     if [ "$BASELINE" = 0 ]; then
         order=switchboard
-    elif [ $((r % 2)) = 1 ]; then
+    elif [ $(($1 % 2)) = 1 ]; then
         order="switchboard bullmq"
     else
         order="bullmq switchboard"
     fi
-    for t in $order; do
-        echo "notify bench: run $r, $t"
-        "run_$t" "$r" || fail=1
-        stop_run # also after a failed start
+    nrc=0
+    for nt in $order; do
+        echo "notify bench: run $1, $nt"
+        "run_$nt" "$1" || nrc=1
+        bench_stop_run # also after a failed start
     done
-    r=$((r + 1))
-done
-load2=$(cut -d' ' -f1-3 /proc/loadavg)
+    return $nrc
+}
+
+# --- runs
+echo "notify bench: $N notifications (burst) + $PACED at $RATE/s (paced)," \
+    "$CUST customers, $RUNS runs per target"
+bench_runs notify_run
+bench_end
 
 # --- report
-awk -v load1="$load1" -v load2="$load2" -v fail="$fail" -v rate="$RATE" \
-    -v n="$N" '
-function median(a, k,    i, j, t) {
-    if (k == 0) return -1
-    for (i = 1; i <= k; i++)
-        for (j = i + 1; j <= k; j++)
-            if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
-    return k % 2 ? a[(k + 1) / 2] : (a[k / 2] + a[k / 2 + 1]) / 2
-}
-function kv(line, key,    re) {
-    re = " " key "=[^ ]*"
-    if (!match(line, re)) return ""
-    return substr(line, RSTART + length(key) + 2,
-                  RLENGTH - length(key) - 2)
-}
+bench_report '
 function ms(v) { return v < 0 ? "-" : sprintf("%.0fms", v) }
 function summary(t) {
     if (!cnt[t, "burst"]) return "-"
@@ -315,7 +255,6 @@ BEGIN {
     t = kv($0, "target"); redis[t] = $0
     sub(/^REDIS run=[0-9]+ target=[a-z]+ /, "", redis[t])
 }
-/^LOG / { errl += kv($0, "errors"); warnl += kv($0, "warnings") }
 END {
     printf "\n%-11s %9s %7s %7s %5s | %8s %6s %6s | %-15s %s\n",
         "target", "burst n/s", "p50", "p99", "enq s", "@" rate "/s",
@@ -326,11 +265,9 @@ END {
         if (!cnt[t, "burst"]) continue
         for (kk = 1; kk <= 2; kk++) {
             k = kk == 1 ? "burst" : "paced"
-            for (f = 1; f <= nf; f++) {
-                for (i = 1; i <= cnt[t, k]; i++)
-                    a[i] = v[t, k, fields[f], i]
-                m[t, k, fields[f]] = median(a, cnt[t, k])
-            }
+            for (f = 1; f <= nf; f++)
+                m[t, k, fields[f]] = med(v, t SUBSEP k SUBSEP fields[f],
+                                         cnt[t, k])
         }
         printf "%-11s %9.0f %7s %7s %5.1f | %8s %6s %6s | %-15s %s\n", t,
             m[t, "burst", "rate"], ms(m[t, "burst", "p50_ms"]),
@@ -342,7 +279,7 @@ END {
                     m[t, "burst", "cpu_redis"], m[t, "burst", "cpu_nginx"]),
             sprintf("%d/%d/%d", m[t, "burst", "us_server"],
                     m[t, "burst", "us_redis"], m[t, "burst", "us_nginx"])
-        if (short[t]) { fail = 1; shorts = shorts " " t "(" short[t] ")" }
+        if (short[t]) shorts = shorts " " t "(" short[t] ")"
     }
     print "burst: " n " enqueued at once; n/s from the first enqueue to " \
         "the last send; p50/p99 enqueue -> send, including the wait " \
@@ -354,15 +291,11 @@ END {
     for (o = 1; o <= 2; o++)
         if (order[o] in redis)
             print "redis, " order[o] " burst (last run): " redis[order[o]]
-    printf "daemon log: %d error, %d warning lines; load average %s " \
-        "before, %s after (2 cores, shared)\n", errl, warnl, load1, load2
+    log_line("")
     sb = m["switchboard", "burst", "rate"]; bq = m["bullmq", "burst", "rate"]
     printf "notify: switchboard %s | bullmq %s | ratio %s (target 3.0), " \
         "target 30000/s: %s\n", summary("switchboard"), summary("bullmq"),
         (sb > 0 && bq > 0 ? sprintf("%.2f", sb / bq) : "-"),
         (sb >= 30000 ? "met" : "NOT met")
-    if (shorts != "")
-        print "notify bench: runs did not finish:" shorts
-    if (fail) { print "notify bench: FAILED (see above)"; exit 1 }
-    print "notify bench: ok"
-}' "$tmp/results"
+    verdict("runs did not finish", shorts)
+}' -v rate="$RATE" -v n="$N"

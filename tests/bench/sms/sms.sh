@@ -43,113 +43,51 @@ INFLIGHT=${SMS_INFLIGHT:-32}
 TIMEOUT=${SMS_TIMEOUT:-300}
 BDLR=${SMS_BASELINE_DLR:-1}
 HERE=tests/bench/sms
+BENCH=sms
 
-for tool in python3 redis-server redis-cli curl /usr/sbin/nginx \
-    /usr/sbin/bearerbox /usr/sbin/smsbox /usr/lib/kannel/test/fakesmsc
-do
-    if ! command -v "$tool" >/dev/null 2>&1; then
-        echo "sms bench: $tool not installed (make deps: kannel," \
-            "kannel-extras)" >&2
-        exit 1
-    fi
-done
-if [ ! -x "$SB_BIN" ]; then
-    echo "sms bench: $SB_BIN missing (make)" >&2
-    exit 1
-fi
+# stop_pid, free_port, wait_http, start_redis, start_nginx, bench_*
+. tests/bench/lib.sh
+bench_need "make deps: kannel, kannel-extras" python3 redis-server \
+    redis-cli curl /usr/sbin/nginx /usr/sbin/bearerbox /usr/sbin/smsbox \
+    /usr/lib/kannel/test/fakesmsc
+bench_tmp
+bench_begin
 
-tmp=$(mktemp -d /tmp/sb-smsbench-XXXXXX) || exit 1
-cp "$SB_BIN" "$tmp/switchboard" || exit 1
-SB_BIN=$tmp/switchboard
-redis_pid=""
-nginx_pid=""
-run_pid=""
-
-. tests/bench/lib.sh # stop_pid, free_port, wait_http, start_redis, start_nginx
-stop_run() {
-    stop_pid "$run_pid" 300  # it stops its daemon and Kannel by PID
-    stop_pid "$redis_pid" 50
-    run_pid=""
-    redis_pid=""
-}
-cleanup() {
-    stop_run
-    stop_pid "$nginx_pid" 50
-    nginx_pid=""
-    if [ -n "$BENCH_KEEP" ]; then
-        echo "sms bench: kept $tmp"
-    else
-        rm -rf "$tmp"
-    fi
-}
-trap cleanup EXIT
-trap 'exit 1' INT TERM HUP
-
-load1=$(cut -d' ' -f1-3 /proc/loadavg)
 dlr_url=""
 if [ "$BDLR" != 0 ]; then
-    if ! start_nginx "$tmp/nginx" 'ok'; then
-        echo "sms bench: nginx did not start" >&2
-        exit 1
-    fi
+    bench_nginx "$tmp/nginx" 'ok'
     dlr_url="http://127.0.0.1:$nport/dlr"
 fi
 
-: > "$tmp/results"
-fail=0
-echo "sms bench: $N SMS notifications via switchboard vs $N sendsms" \
-    "direct ($CONNS keep-alive connections), $MO MO inbound, $WARM warm-up," \
-    "$RUNS runs"
-r=1
-while [ "$r" -le "$RUNS" ]; do
-    if [ $((r % 2)) = 1 ]; then
+# sms_run RUN: a fresh Redis, smsbench.py (which stops its daemon and Kannel
+# by PID); 2 when Redis does not start.
+sms_run() {
+    if [ $(($1 % 2)) = 1 ]; then
         order=switchboard,kannel
     else
         order=kannel,switchboard
     fi
-    d="$tmp/run-$r"
-    echo "sms bench: run $r ($order, then inbound)"
-    if ! start_redis "$d"; then
-        echo "sms bench: redis-server did not start" >&2
-        fail=1
-        break
-    fi
-    timeout -k 10 $((TIMEOUT * 6 + 120)) python3 "$HERE/smsbench.py" \
-        --sb "$SB_BIN" --redis "$d/redis.sock" --dir "$d" --run "$r" \
+    d="$tmp/run-$1"
+    echo "sms bench: run $1 ($order, then inbound)"
+    bench_redis "$d" || return 2
+    bench_driver "$d" $((TIMEOUT * 6 + 120)) python3 "$HERE/smsbench.py" \
+        --sb "$SB_BIN" --redis "$d/redis.sock" --dir "$d" --run "$1" \
         --n "$N" --warmup "$WARM" --mo "$MO" --conns "$CONNS" \
         --inflight "$INFLIGHT" --order "$order" --dlr-url "$dlr_url" \
-        --timeout "$TIMEOUT" > "$d/bench.out" 2> "$d/bench.err" &
-    run_pid=$!
-    wait "$run_pid" || fail=1
-    run_pid=""
-    sed 's/^/  /' "$d/bench.out"
-    [ -s "$d/bench.err" ] && sed 's/^/  /' "$d/bench.err" | tail -20
-    cat "$d/bench.out" >> "$tmp/results"
-    if grep -q '^<[0-4]>' "$d/switchboard.log" 2>/dev/null; then
-        grep '^<[0-4]>' "$d/switchboard.log" | cut -c1-160 | sort |
-            uniq -c | sort -rn | head -5 | sed 's/^/  daemon log: /'
-    fi
-    stop_run
-    [ -n "$BENCH_KEEP" ] || rm -rf "$d/kannel"
-    r=$((r + 1))
-done
-load2=$(cut -d' ' -f1-3 /proc/loadavg)
+        --timeout "$TIMEOUT"
+    src=$?
+    bench_stop_run
+    bench_drop "$d/kannel"
+    return $src
+}
 
-awk -v fail="$fail" -v load1="$load1" -v load2="$load2" -v n="$N" \
-    -v mo="$MO" -v conns="$CONNS" '
-function median(a, k,    i, j, t) {
-    if (k == 0) return -1
-    for (i = 1; i <= k; i++)
-        for (j = i + 1; j <= k; j++)
-            if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
-    return k % 2 ? a[(k + 1) / 2] : (a[k / 2] + a[k / 2 + 1]) / 2
-}
-function kv(line, key,    re) {
-    re = " " key "=[^ ]*"
-    if (!match(line, re)) return ""
-    return substr(line, RSTART + length(key) + 2,
-                  RLENGTH - length(key) - 2)
-}
+echo "sms bench: $N SMS notifications via switchboard vs $N sendsms" \
+    "direct ($CONNS keep-alive connections), $MO MO inbound, $WARM warm-up," \
+    "$RUNS runs"
+bench_runs sms_run
+bench_end
+
+bench_report '
 /^RESULT / {
     t = kv($0, "target"); i = ++cnt[t]
     rate[t, i] = kv($0, "rate") + 0; secs[t, i] = kv($0, "secs") + 0
@@ -158,7 +96,6 @@ function kv(line, key,    re) {
     if (kv($0, "done") + 0 < kv($0, "n") + 0) short = short " " t
     runs_line[t] = runs_line[t] sprintf(" %s", kv($0, "rate"))
 }
-/^LOG / { errl += kv($0, "errors"); warnl += kv($0, "warnings") }
 END {
     printf "\n%-12s %8s %8s %11s %13s %s\n", "target", "msg/s", "secs",
         "delivered/s", "cpu% sb/kan", "runs (msg/s)"
@@ -166,19 +103,12 @@ END {
     for (o = 1; o <= 3; o++) {
         t = order[o]
         if (!cnt[t]) continue
-        for (i = 1; i <= cnt[t]; i++) a[i] = rate[t, i]
-        m[t] = median(a, cnt[t])
-        for (i = 1; i <= cnt[t]; i++) a[i] = secs[t, i]
-        s = median(a, cnt[t])
-        for (i = 1; i <= cnt[t]; i++) a[i] = dr[t, i]
-        d = median(a, cnt[t])
-        for (i = 1; i <= cnt[t]; i++) a[i] = csb[t, i]
-        c1 = median(a, cnt[t])
-        for (i = 1; i <= cnt[t]; i++) a[i] = ck[t, i]
-        c2 = median(a, cnt[t])
-        printf "%-12s %8.0f %8.2f %11s %13s%s\n", t, m[t], s,
+        m[t] = med(rate, t, cnt[t]); d = med(dr, t, cnt[t])
+        printf "%-12s %8.0f %8.2f %11s %13s%s\n", t, m[t],
+            med(secs, t, cnt[t]),
             (t == "switchboard" ? sprintf("%.0f", d) : "-"),
-            sprintf("%d/%d", c1, c2), runs_line[t]
+            sprintf("%d/%d", med(csb, t, cnt[t]), med(ck, t, cnt[t])),
+            runs_line[t]
     }
     print "switchboard: " n " notifications XADDed -> rendered -> sendsms " \
         "-> fakesmsc, from the first XADD to the last SMS at fakesmsc " \
@@ -187,18 +117,12 @@ END {
         conns " keep-alive connections), until the last at fakesmsc"
     print "inbound: " mo " MO via fakesmsc -> Kannel -> POST " \
         "/webhooks/sms/kannel, until all were contacts in Redis"
-    printf "daemon log: %d error, %d warning lines; load average %s " \
-        "before, %s after (2 cores, shared)\n", errl, warnl, load1, load2
+    log_line("")
     sb = m["switchboard"]; kn = m["kannel"]
     printf "sms: switchboard %.0f msg/s | kannel direct %.0f msg/s | " \
         "ratio %s (target 0.9: %s) | inbound %.0f contacts/s\n", sb, kn,
         (sb > 0 && kn > 0 ? sprintf("%.2f", sb / kn) : "-"),
         (sb > 0 && kn > 0 && sb / kn >= 0.9 ? "met" : "NOT met"),
         m["inbound"]
-    if (short != "") {
-        print "sms bench: runs did not finish:" short
-        fail = 1
-    }
-    if (fail) { print "sms bench: FAILED (see above)"; exit 1 }
-    print "sms bench: ok"
-}' "$tmp/results"
+    verdict("runs did not finish", short)
+}' -v n="$N" -v mo="$MO" -v conns="$CONNS"

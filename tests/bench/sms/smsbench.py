@@ -49,24 +49,20 @@ or a target did not finish.
 import argparse
 import http.client
 import os
-import signal
-import subprocess
 import sys
 import threading
 import time
 import urllib.parse
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
-sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
 
-import harness  # noqa: E402
-import kannel   # noqa: E402
+import benchlib  # noqa: E402
+from benchlib import CARRIER, harness, kannel, warn  # noqa: E402
 
 SHORT = "4242"
 SENDER = "+79990000000"
 SECRET = "sms-bench-hook-secret"
-CARRIER = "CDEK"
 MT_TOKEN = b": Got message "
 
 
@@ -85,93 +81,19 @@ class MtCounter:
     only what was appended since the last call."""
 
     def __init__(self, path):
-        self.path = path
-        self.off = 0
+        self.log = benchlib.Appended(path)
         self.n = 0
         self.carry = b""
 
     def count(self):
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.off)
-                chunk = f.read()
-        except OSError:
-            return self.n
+        chunk = self.log.read()
         if chunk:
-            self.off += len(chunk)
             data = self.carry + chunk
             self.n += data.count(MT_TOKEN)
             # Keep a tail that may hold the start of a token split between
             # two reads (shorter than the token: never counted twice).
             self.carry = data[-(len(MT_TOKEN) - 1):]
         return self.n
-
-
-class Resp:
-    """A pipelining RESP client on the bench's Redis socket."""
-
-    def __init__(self, sock):
-        self.c = harness.RespConn(sock, 30.0)
-
-    def cmd(self, *args):
-        return self.c.cmd(*args)
-
-    def pipeline(self, cmds):
-        self.c.sock.sendall(b"".join(self.c._enc(a) for a in cmds))
-        out = []
-        for _ in cmds:
-            r = self.c._read()
-            if isinstance(r, harness.RedisError):
-                raise r
-            out.append(r)
-        return out
-
-    def int(self, key):
-        v = self.cmd("GET", key)
-        return int(v) if v is not None else 0
-
-    def close(self):
-        self.c.close()
-
-
-def cpu_ticks(pid):
-    """utime + stime (+ children's) of a process, in clock ticks."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            st = f.read().rsplit(")", 1)[1].split()
-        return int(st[11]) + int(st[12]) + int(st[13]) + int(st[14])
-    except (OSError, IndexError, ValueError):
-        return 0
-
-
-class Cpu:
-    """CPU of named processes over an interval, as % of one core."""
-
-    def __init__(self, pids):
-        self.pids = pids
-        self.hz = os.sysconf("SC_CLK_TCK")
-        self.t0 = time.monotonic()
-        self.c0 = {k: sum(cpu_ticks(p) for p in v) for k, v in pids.items()}
-
-    def fields(self):
-        dt = max(1e-6, time.monotonic() - self.t0)
-        out = []
-        for k, v in self.pids.items():
-            used = (sum(cpu_ticks(p) for p in v) - self.c0[k]) / self.hz
-            out.append("cpu_%s=%.0f" % (k, 100.0 * used / dt))
-        return " ".join(out)
-
-
-def wait_for(pred, limit, step=0.05):
-    """Poll pred() until true or limit seconds; returns the time it became
-    true (monotonic) or None."""
-    deadline = time.monotonic() + limit
-    while True:
-        if pred():
-            return time.monotonic()
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(step)
 
 
 def wait_delivered(r, lo, hi, limit):
@@ -196,31 +118,10 @@ def wait_delivered(r, lo, hi, limit):
         time.sleep(0.2)
 
 
-def write_config(path, port, sock, k, a):
-    conf = """[core]
-log_level = warning
-drain_timeout = 5s
-default_country = RU
-
-[http]
-max_body = 1M
-public_url = http://127.0.0.1:{port}
-
-[listener main]
-address = 127.0.0.1
-port = {port}
-
-[redis]
-socket = {sock}
-prefix = sb:
-
-[notify]
-templates = {root}/config/templates
-supersede_window = 0
-batch = {batch}
-max_inflight = {ninflight}
-report_deadline = 10m
-
+def daemon_config(port, sock, k, a):
+    return benchlib.daemon_config(
+        port, sock, a.batch, a.notify_inflight,
+        notify="report_deadline = 10m\n") + """
 [channels]
 sms = sms
 
@@ -239,58 +140,15 @@ allow = 127.0.0.1
 public_url = http://127.0.0.1:{port}
 max_inflight = {inflight}
 timeout = 10s
-""".format(port=port, sock=sock, root=ROOT, url=k.sendsms_url,
-           user=k.user, pw=k.password, sender=SENDER, short=SHORT,
-           secret=SECRET, inflight=a.inflight, batch=a.batch,
-           ninflight=a.notify_inflight)
-    with open(path, "w") as f:
-        f.write(conf)
+""".format(port=port, url=k.sendsms_url, user=k.user, pw=k.password,
+           sender=SENDER, short=SHORT, secret=SECRET, inflight=a.inflight)
 
 
-def start_daemon(a, conf, log):
-    out = open(log, "ab")
-    try:
-        p = subprocess.Popen([a.sb, "-c", conf], stdin=subprocess.DEVNULL,
-                             stdout=out, stderr=out, cwd=a.dir,
-                             preexec_fn=kannel._die_with_parent)
-    finally:
-        out.close()
-    harness._register(p, "switchboard")
-    return p
-
-
-def wait_ready(port, p, limit=30.0):
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if p.poll() is not None:
-            return False
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            c.request("GET", "/readyz")
-            ok = c.getresponse().status == 200
-            c.close()
-            if ok:
-                return True
-        except (OSError, http.client.HTTPException):
-            pass
-        time.sleep(0.1)
-    return False
-
-
-def xadd_notifications(r, first, count, warm, chunk=1000):
+def xadd_notifications(r, first, count, warm):
     """count order.shipped SMS notifications, numbered from first."""
-    i = first
-    end = first + count
-    while i < end:
-        cmds = []
-        for j in range(i, min(end, i + chunk)):
-            data = '{"order":"SO-%d","carrier":"%s",' \
-                   '"tracking_url":"https://t.example/%d"}' % (j, CARRIER, j)
-            cmds.append(("XADD", "sb:notify", "*", "event", "order.shipped",
-                         "phone", phone_of(j, warm), "channels", "sms",
-                         "locale", "en", "data", data))
+    for cmds in benchlib.chunks(first, count, lambda j: benchlib.shipped(
+            j, "phone", phone_of(j, warm), "sms")):
         r.pipeline(cmds)
-        i += len(cmds)
 
 
 def sendsms_direct(k, first, count, warm, conns, dlr_url, limit):
@@ -379,27 +237,22 @@ def main():
     r = None
     fail = 0
     log = os.path.join(a.dir, "switchboard.log")
-
-    def say(s):
-        print(s, flush=True)
-
-    def on_term(signum, frame):
-        raise SystemExit(1)
-    signal.signal(signal.SIGTERM, on_term)
+    benchlib.setup("sms")
     try:
         k = kannel.Kannel(a.dir, mo_url, log_level=2, limit=30.0)
-        conf = os.path.join(a.dir, "switchboard.conf")
-        write_config(conf, port, a.redis, k, a)
-        sb = start_daemon(a, conf, log)
-        if not wait_ready(port, sb):
-            sys.stderr.write("sms bench: the daemon did not become ready\n")
+        sb = benchlib.Daemon(a.sb, a.dir, "switchboard",
+                             daemon_config(port, a.redis, k, a), port)
+        sb.start()
+        if not sb.wait_ready(30.0, 0.1):
+            warn("the daemon did not become ready")
             with open(log, errors="replace") as f:
                 sys.stderr.write("".join(f.readlines()[-20:]))
             return 1
-        r = Resp(a.redis)
+        r = benchlib.Resp(a.redis)
         mt = MtCounter(k.mt_log)
-        pids = {"sb": [sb.pid], "kannel": [p.pid for n, p in k.procs.items()
-                                           if n in ("bearerbox", "smsbox")]}
+        pids = {"sb": [sb.proc.pid],
+                "kannel": [p.pid for n, p in k.procs.items()
+                           if n in ("bearerbox", "smsbox")]}
 
         # Warm-up: customers, connections, scripts; both paths.
         base = mt.count()
@@ -407,26 +260,28 @@ def main():
         xadd_notifications(r, 0, warm, warm)
         codes = sendsms_direct(k, 0, warm, warm, a.conns, a.dlr_url,
                                a.timeout)
-        ok = wait_for(lambda: mt.count() - base >= 2 * warm, a.timeout)
+        ok = benchlib.wait_for(lambda: mt.count() - base >= 2 * warm,
+                               a.timeout)
         okd, nd = wait_delivered(r, seq0 + 1, seq0 + warm, a.timeout)
         if ok is None or okd is None:
-            sys.stderr.write("sms bench: warm-up did not finish (fakesmsc "
-                             "%d of %d, delivered %d of %d, sendsms %s)\n" %
-                             (mt.count() - base, 2 * warm, nd, warm, codes))
+            warn("warm-up did not finish (fakesmsc %d of %d, delivered %d "
+                 "of %d, sendsms %s)" % (mt.count() - base, 2 * warm, nd,
+                                         warm, codes))
             return 1
         time.sleep(1.0)  # the last DLR callbacks settle
 
         first = warm
         for target in a.order.split(","):
             base = mt.count()
-            cpu = Cpu(pids)
+            cpu = benchlib.Cpu(pids)
             t0 = time.monotonic()
             extra = ""
             if target == "switchboard":
                 d0 = r.int("sb:stats:ntf:report:delivered")
                 seq0 = r.int("sb:seq:ntf")
                 xadd_notifications(r, first, a.n, warm)
-                t1 = wait_for(lambda: mt.count() - base >= a.n, a.timeout)
+                t1 = benchlib.wait_for(lambda: mt.count() - base >= a.n,
+                                       a.timeout)
                 cpuf = cpu.fields()
                 td, nd = wait_delivered(r, seq0 + 1, seq0 + a.n, a.timeout)
                 # stats:ntf:report:delivered against the notifications
@@ -443,22 +298,16 @@ def main():
             elif target == "kannel":
                 codes = sendsms_direct(k, first, a.n, warm, a.conns,
                                        a.dlr_url, a.timeout)
-                t1 = wait_for(lambda: mt.count() - base >= a.n, a.timeout)
+                t1 = benchlib.wait_for(lambda: mt.count() - base >= a.n,
+                                       a.timeout)
                 cpuf = cpu.fields()
                 extra = " codes=%s" % ",".join(
                     "%s:%d" % kv for kv in sorted(codes.items(),
                                                   key=str))
             else:
                 raise SystemExit("unknown target %r" % target)
-            done = mt.count() - base
-            if t1 is None:
-                fail = 1
-                say("RESULT run=%s target=%s n=%d done=%d secs=-1 rate=0 %s"
-                    "%s" % (a.run, target, a.n, done, cpuf, extra))
-            else:
-                say("RESULT run=%s target=%s n=%d done=%d secs=%.2f "
-                    "rate=%.0f %s%s" % (a.run, target, a.n, done, t1 - t0,
-                                        a.n / (t1 - t0), cpuf, extra))
+            fail |= benchlib.result(a.run, "target=" + target, a.n,
+                                    mt.count() - base, t0, t1, cpuf + extra)
             first += a.n
             time.sleep(1.0)
 
@@ -468,47 +317,29 @@ def main():
             lines = [k.mo_line(phone_of(i, 1000), SHORT,
                                "Question %d about my order" % i)
                      for i in range(a.mo)]
-            cpu = Cpu(pids)
+            cpu = benchlib.Cpu(pids)
             t0 = time.monotonic()
             k.inject_mo_bulk(lines)
-            t1 = wait_for(lambda: r.int("sb:stats:contacts:sms") - c0 >=
-                          a.mo, a.timeout, 0.05)
+            t1 = benchlib.wait_for(lambda: r.int("sb:stats:contacts:sms") -
+                                   c0 >= a.mo, a.timeout, 0.05)
             cpuf = cpu.fields()
             k.mo_bulk_wait(10.0)
-            done = r.int("sb:stats:contacts:sms") - c0
-            if t1 is None:
-                fail = 1
-                say("RESULT run=%s target=inbound n=%d done=%d secs=-1 "
-                    "rate=0 %s" % (a.run, a.mo, done, cpuf))
-            else:
-                say("RESULT run=%s target=inbound n=%d done=%d secs=%.2f "
-                    "rate=%.0f %s" % (a.run, a.mo, done, t1 - t0,
-                                      a.mo / (t1 - t0), cpuf))
+            fail |= benchlib.result(a.run, "target=inbound", a.mo,
+                                    r.int("sb:stats:contacts:sms") - c0, t0,
+                                    t1, cpuf)
 
-        if sb.poll() is not None:
-            sys.stderr.write("sms bench: the daemon died (exit %s)\n"
-                             % sb.returncode)
+        if not sb.alive():
+            warn("the daemon died (exit %s)" % sb.proc.returncode)
             fail = 1
         return fail
     finally:
         if r is not None:
             r.close()
         if sb is not None:
-            harness.stop_process(sb, signal.SIGTERM, 15.0)
+            sb.stop()
         if k is not None:
             k.stop()
-        errl = warnl = 0
-        try:
-            with open(log, errors="replace") as f:
-                for line in f:
-                    if line[:3] in ("<0>", "<1>", "<2>", "<3>"):
-                        errl += 1
-                    elif line.startswith("<4>"):
-                        warnl += 1
-        except OSError:
-            pass
-        print("LOG run=%s errors=%d warnings=%d" % (a.run, errl, warnl),
-              flush=True)
+        benchlib.log_result(a.run, log)
 
 
 if __name__ == "__main__":
