@@ -3,6 +3,8 @@
  * t_free_port(): a loopback TCP port nothing listens on (bound, then
  * released). t_stop_child(): SIGTERM a child server, wait up to 5 s, then
  * SIGKILL it, and reap it; a stopped (SIGSTOP) child is continued first.
+ * t_slurp(): a whole file, NUL-terminated (new; NULL when it cannot be
+ * opened); t_write_file(): len bytes to a new file, 0 or -1.
  */
 #ifndef SB_TESTUTIL_H
 #define SB_TESTUTIL_H
@@ -16,6 +18,11 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "util.h"
 
 static inline int t_free_port(void)
 {
@@ -52,6 +59,35 @@ static inline void t_stop_child(pid_t pid)
     }
     kill(pid, SIGKILL);
     waitpid(pid, &st, 0);
+}
+
+static inline char *t_slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    struct sb_buf b;
+    char chunk[65536];
+    size_t n;
+
+    if (!f)
+        return NULL;
+    sb_buf_init(&b, 0);
+    while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
+        sb_buf_append(&b, chunk, n);
+    fclose(f);
+    return sb_buf_steal(&b, len); /* "" for an empty file */
+}
+
+static inline int t_write_file(const char *path, const char *data, size_t len)
+{
+    FILE *f = fopen(path, "wb");
+
+    if (!f)
+        return -1;
+    if (fwrite(data, 1, len, f) != len) {
+        fclose(f);
+        return -1;
+    }
+    return fclose(f);
 }
 
 #endif
