@@ -688,14 +688,19 @@ struct mi_op {
     char contact[48]; /* replay: the contact made */
 };
 
+static void op_free(struct mi_op *op)
+{
+    free(op->id);
+    free(op);
+}
+
 static void op_fail(struct mi_op *op, const char *script, const char *text)
 {
     const char *msg = NULL;
     enum sb_store_status st = sb_store_map_error(script, text, &msg);
 
     op->cb(st, NULL, msg, op->arg);
-    free(op->id);
-    free(op);
+    op_free(op);
 }
 
 static void on_list(redisReply *rep, const char *err, void *arg)
@@ -723,8 +728,7 @@ static void on_list(redisReply *rep, const char *err, void *arg)
                             ? json_string(rep->element[0]->str)
                             : json_null());
     op->cb(SB_STORE_OK, o, NULL, op->arg);
-    free(op->id);
-    free(op);
+    op_free(op);
 }
 
 static int mailq(struct mi_op *op, sb_redis_cb *rcb, int argc,
@@ -735,8 +739,7 @@ static int mailq(struct mi_op *op, sb_redis_cb *rcb, int argc,
     for (int i = 0; i < argc; i++)
         lens[i] = strlen(argv[i]);
     if (sb_redis_script(MI.redis, "mailq", rcb, op, 0, argc, argv, lens) < 0) {
-        free(op->id);
-        free(op);
+        op_free(op);
         return -1;
     }
     return 0;
@@ -768,11 +771,12 @@ static void on_show(redisReply *rep, const char *err, void *arg)
         return;
     }
     op->cb(SB_STORE_OK, entry_json(op->id, rep, 1), NULL, op->arg);
-    free(op->id);
-    free(op);
+    op_free(op);
 }
 
-int sb_mailin_q_show(const char *id, sb_store_json_cb *cb, void *arg)
+/* Read quarantine entry id, then rcb with an op carrying cb, arg, id. */
+static int q_show_then(const char *id, sb_redis_cb *rcb, sb_store_json_cb *cb,
+                       void *arg)
 {
     struct mi_op *op = sb_calloc(1, sizeof(*op));
     const char *argv[3] = {MI.prefix, "show", id};
@@ -780,7 +784,12 @@ int sb_mailin_q_show(const char *id, sb_store_json_cb *cb, void *arg)
     op->cb = cb;
     op->arg = arg;
     op->id = sb_strdup(id);
-    return mailq(op, on_show, 3, argv);
+    return mailq(op, rcb, 3, argv);
+}
+
+int sb_mailin_q_show(const char *id, sb_store_json_cb *cb, void *arg)
+{
+    return q_show_then(id, on_show, cb, arg);
 }
 
 /* Replay: show -> ingest (a job carrying the entry's id) -> del. */
@@ -793,8 +802,7 @@ static void on_q_deleted(redisReply *rep, const char *err, void *arg)
     if (err || (rep && rep->type == REDIS_REPLY_ERROR))
         SB_WARN(MI_PLACE, "replayed entry not removed id=%s", op->id);
     op->cb(SB_STORE_OK, o, NULL, op->arg);
-    free(op->id);
-    free(op);
+    op_free(op);
 }
 
 static void on_replayed(const struct sb_mailin_result *r, void *arg)
@@ -817,8 +825,7 @@ static void on_replayed(const struct sb_mailin_result *r, void *arg)
         op->cb(SB_STORE_UNAVAILABLE, NULL,
                r->reason ? r->reason : "unavailable", op->arg);
     }
-    free(op->id);
-    free(op);
+    op_free(op);
 }
 
 static void on_replay_show(redisReply *rep, const char *err, void *arg)
@@ -853,20 +860,13 @@ static void on_replay_show(redisReply *rep, const char *err, void *arg)
     if (sb_worker_submit(parse_work, parse_after, j) < 0) {
         job_free(j);
         op->cb(SB_STORE_UNAVAILABLE, NULL, "worker pool full", op->arg);
-        free(op->id);
-        free(op);
+        op_free(op);
     }
 }
 
 int sb_mailin_q_replay(const char *id, sb_store_json_cb *cb, void *arg)
 {
-    struct mi_op *op = sb_calloc(1, sizeof(*op));
-    const char *argv[3] = {MI.prefix, "show", id};
-
-    op->cb = cb;
-    op->arg = arg;
-    op->id = sb_strdup(id);
-    return mailq(op, on_replay_show, 3, argv);
+    return q_show_then(id, on_replay_show, cb, arg);
 }
 
 /* ---- blobs for the API ------------------------------------------------- */
