@@ -902,6 +902,27 @@ static int cmd_notify(struct ct_args *a)
     return EX_OK;
 }
 
+/* "sbctl CMD OP ID": METHOD on path (a format with one %s: the ID,
+ * escaped). EX_USAGE (with a message, *j NULL) when there is no ID. */
+static int id_call(struct ct_args *a, const char *cmd, const char *method,
+                   const char *path, const char *body, json_t **j)
+{
+    char *id, *p;
+    int r;
+
+    *j = NULL;
+    if (a->npos != 2) {
+        fprintf(stderr, "sbctl: %s %s ID\n", cmd, a->pos[0]);
+        return EX_USAGE;
+    }
+    id = esc(a->pos[1]);
+    p = sb_asprintf(path, id);
+    r = call(method, p, body, j);
+    free(p);
+    free(id);
+    return r;
+}
+
 static int cmd_dlq(struct ct_args *a)
 {
     static const char *const cols[] = {"NOTIFICATION", "EVENT", "CUSTOMER",
@@ -910,21 +931,16 @@ static int cmd_dlq(struct ct_args *a)
     struct ct_table t;
     json_t *j, *e;
     size_t i;
-    char *p, *id;
+    char *p;
     int r;
 
     if (!strcmp(op, "retry") || !strcmp(op, "drop")) {
-        if (a->npos != 2) {
-            fprintf(stderr, "sbctl: dlq %s ID\n", op);
-            return EX_USAGE;
-        }
-        id = esc(a->pos[1]);
-        p = sb_asprintf(!strcmp(op, "retry") ? "/api/v1/dlq/%s/retry"
-                                             : "/api/v1/dlq/%s", id);
-        r = call(!strcmp(op, "retry") ? "POST" : "DELETE", p,
-                 !strcmp(op, "retry") ? "{}" : NULL, &j);
-        free(p);
-        free(id);
+        int retry = !strcmp(op, "retry");
+        r = id_call(a, "dlq", retry ? "POST" : "DELETE",
+                    retry ? "/api/v1/dlq/%s/retry" : "/api/v1/dlq/%s",
+                    retry ? "{}" : NULL, &j);
+        if (r == EX_USAGE)
+            return r;
         if (r == EX_OK && !O.json)
             printf("%s: %s\n", a->pos[1],
                    !strcmp(op, "retry") ? "queued again" : "dropped");
@@ -976,22 +992,17 @@ static int cmd_quarantine(struct ct_args *a)
     struct ct_table t;
     json_t *j, *e;
     size_t i;
-    char *p, *id;
+    char *p;
     int r;
 
     if (!strcmp(op, "show") || !strcmp(op, "replay")) {
-        if (a->npos != 2) {
-            fprintf(stderr, "sbctl: quarantine %s ID\n", op);
-            return EX_USAGE;
-        }
-        id = esc(a->pos[1]);
-        p = sb_asprintf(!strcmp(op, "replay") ? "/api/v1/quarantine/%s/replay"
-                                              : "/api/v1/quarantine/%s",
-                        id);
-        r = call(!strcmp(op, "replay") ? "POST" : "GET", p,
-                 !strcmp(op, "replay") ? "{}" : NULL, &j);
-        free(p);
-        free(id);
+        int replay = !strcmp(op, "replay");
+        r = id_call(a, "quarantine", replay ? "POST" : "GET",
+                    replay ? "/api/v1/quarantine/%s/replay"
+                           : "/api/v1/quarantine/%s",
+                    replay ? "{}" : NULL, &j);
+        if (r == EX_USAGE)
+            return r;
         if (r == EX_OK && !O.json) {
             if (!strcmp(op, "replay")) {
                 printf("%s: %s%s%s\n", a->pos[1], str(j, "result"),
