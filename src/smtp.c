@@ -136,35 +136,15 @@ static int utf8_ok(const char *s)
     return sb_utf8_valid(s, strlen(s));
 }
 
-/* An address we are willing to put in a header and an envelope: plain
- * ASCII, exactly one "@" with something on each side, none of the
- * characters that would need quoting or could end the field. */
-static int addr_ok(const char *a)
-{
-    size_t n = strlen(a), at = 0, i;
-    const char *p = NULL;
-
-    if (n < 3 || n > MAIL_MAX_ADDR)
-        return 0;
-    for (i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)a[i];
-
-        if (c <= 0x20 || c >= 0x7f || strchr("<>,\"()[]\\;:", c))
-            return 0;
-        if (c == '@') {
-            at++;
-            p = a + i;
-        }
-    }
-    return at == 1 && p != a && p[1] != '\0';
-}
-
-/* A msg-id without its <>: "left@right", printable ASCII, no specials. */
-static int msgid_ok(const char *s, size_t n)
+/* "left@right" in n bytes, at most max: printable ASCII, exactly one "@"
+ * with something on each side, none of the characters that would need
+ * quoting or could end the field. Both an address and a msg-id without
+ * its <> must be this. */
+static int at_word_ok(const char *s, size_t n, size_t max)
 {
     size_t at = 0, i, pos = 0;
 
-    if (n < 3 || n > MAIL_MAX_MSGID)
+    if (n < 3 || n > max)
         return 0;
     for (i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
@@ -177,6 +157,16 @@ static int msgid_ok(const char *s, size_t n)
         }
     }
     return at == 1 && pos > 0 && pos < n - 1;
+}
+
+static int addr_ok(const char *a)
+{
+    return at_word_ok(a, strlen(a), MAIL_MAX_ADDR);
+}
+
+static int msgid_ok(const char *s, size_t n)
+{
+    return at_word_ok(s, n, MAIL_MAX_MSGID);
 }
 
 /* Space-separated msg-ids (References); counts them through *count. */

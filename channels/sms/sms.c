@@ -38,6 +38,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "api.h"
 #include "core.h"
 #include "crypto.h"
 #include "hconn.h"
@@ -48,7 +49,6 @@
 #include "metrics.h"
 #include "normalize.h"
 #include "notify.h"
-#include "router.h"
 #include "smsauth.h"
 #include "smsdlr.h"
 #include "smstext.h"
@@ -1212,18 +1212,6 @@ static int has_cyrillic(const char *s, size_t n)
     return 0;
 }
 
-static void on_routed(enum sb_store_status st, json_t *res, const char *err,
-                      void *arg)
-{
-    char *conv = arg;
-
-    if (st != SB_STORE_OK)
-        SB_WARN(SMS_PLACE, "routing failed conversation=%s err=%s", conv,
-                err ? err : "-");
-    json_decref(res);
-    free(conv);
-}
-
 static void on_prefs(enum sb_store_status st, json_t *res, const char *err,
                      void *arg)
 {
@@ -1271,13 +1259,7 @@ static void on_ingested(enum sb_store_status st,
         in_free(in);
         return;
     }
-    if (!res->duplicate && res->needs_route && res->conversation_id[0]) {
-        char *conv = sb_strdup(res->conversation_id);
-        if (sb_router_route(conv, on_routed, conv) < 0) {
-            SB_WARN(SMS_PLACE, "routing refused conversation=%s", conv);
-            free(conv);
-        }
-    }
+    sb_api_route_after_ingest(res);
     if (in->word && !res->duplicate) {
         /* the customer's locale picks the confirmation's language */
         if (sb_customer_get(res->customer_id, on_customer, in) == 0)
